@@ -1,0 +1,18 @@
+//! weft: a fabric of nodes whose commands are WebAssembly components.
+//!
+//! - [`runtime`]: the wasmtime engine, plugin instances, limits and the sandbox.
+//! - [`plugins`]: finding and loading plugin components; the table of commands a node serves.
+//! - [`rpc`]: the MPREG-compatible client protocol, dependency resolution and execution.
+//! - [`net`]: the WebSocket server and client.
+//! - [`config`]: limits and timeouts, with their defaults and environment variables.
+
+pub mod bench;
+pub mod config;
+pub mod error;
+pub mod node;
+pub mod net;
+pub mod plugins;
+pub mod rpc;
+pub mod runtime;
+
+pub use error::CommandError;

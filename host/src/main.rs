@@ -1,1 +1,7 @@
-fn main(){}
+//! The `weft` binary: a node and its command-line client.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

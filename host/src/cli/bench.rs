@@ -1,0 +1,94 @@
+//! `weft bench`: latency and throughput of calls through the client protocol, next to a raw
+//! tokio-tungstenite JSON echo server measured by the same load generator in the same run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use weft::bench::{measure, raw_echo_server, Stats};
+use weft::node::NodeProcess;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Plugin directory of the measured node (must hold `math.wasm`).
+    #[arg(long, default_value = "build/plugins")]
+    plugins: PathBuf,
+    /// Seconds each measurement runs (after a warm-up of a quarter of that).
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Requests in flight to measure at.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    in_flight: Vec<usize>,
+    /// Extra flags for the measured node, e.g. `--instance-reuse=1`.
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    node_args: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct RawEchoArgs {
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+}
+
+pub async fn raw_echo(args: RawEchoArgs) -> anyhow::Result<ExitCode> {
+    let listener = TcpListener::bind(args.listen).await.context("binding the raw echo listener")?;
+    println!("WEFT_URL=ws://{}", listener.local_addr()?);
+    raw_echo_server(listener).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn echo_request(u: u64) -> String {
+    format!(r#"{{"role":"rpc","u":"{u}","cmds":[{{"name":"r","fun":"echo","args":["hello"],"kwargs":{{}},"locs":[]}}]}}"#)
+}
+
+fn add_request(u: u64) -> String {
+    format!(r#"{{"role":"rpc","u":"{u}","cmds":[{{"name":"r","fun":"math.add","args":[2,3],"kwargs":{{}},"locs":[]}}]}}"#)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("locating the weft binary")?;
+    let startup = Duration::from_secs(120);
+    let raw = NodeProcess::spawn(&exe, &["raw-echo".into()], startup).await?;
+    let mut node_args = vec!["node".to_string(), "--listen=127.0.0.1:0".into(), format!("--plugins={}", args.plugins.display())];
+    node_args.extend(args.node_args.iter().cloned());
+    let node = NodeProcess::spawn(&exe, &node_args, startup).await?;
+    let duration = Duration::from_secs_f64(args.seconds.max(0.1));
+
+    let targets: [(&str, &str, fn(u64) -> String); 3] = [
+        ("raw tokio-tungstenite JSON echo (limit)", raw.url(), echo_request),
+        ("weft built-in `echo`", node.url(), echo_request),
+        ("weft Rust plugin `math.add`", node.url(), add_request),
+    ];
+    let mut rows: Vec<(String, usize, Stats)> = Vec::new();
+    for &in_flight in &args.in_flight {
+        for (label, url, request) in &targets {
+            let stats = measure(url, *request, in_flight, duration).await?;
+            if stats.errors > 0 {
+                anyhow::bail!("{label}: {} of {} calls failed", stats.errors, stats.calls);
+            }
+            eprintln!(
+                "{label:<42} in flight {in_flight:>3}: {:>9.0} calls/s  p50 {:>7.1} µs  p99 {:>7.1} µs",
+                stats.calls_per_sec, stats.p50_us, stats.p99_us
+            );
+            rows.push((label.to_string(), in_flight, stats));
+        }
+    }
+    println!("| target | in flight | calls/s | p50 µs | p99 µs | vs limit (calls/s) |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (label, in_flight, stats) in &rows {
+        let limit = rows
+            .iter()
+            .find(|(l, f, _)| l == targets[0].0 && f == in_flight)
+            .map_or(f64::NAN, |(_, _, s)| s.calls_per_sec);
+        println!(
+            "| {label} | {in_flight} | {:.0} | {:.1} | {:.1} | {:.0} % |",
+            stats.calls_per_sec,
+            stats.p50_us,
+            stats.p99_us,
+            100.0 * stats.calls_per_sec / limit
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

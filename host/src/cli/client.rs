@@ -1,0 +1,95 @@
+//! `weft call` and `weft request`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::{Map, Value};
+use weft::net::client::result_of;
+use weft::net::{Client, ClientError};
+
+#[derive(clap::Args)]
+pub struct CallArgs {
+    /// The command, e.g. `math.add`.
+    fun: String,
+    /// Positional arguments; each is parsed as JSON where it parses, else taken as a string.
+    #[arg(allow_hyphen_values = true)]
+    args: Vec<String>,
+    /// Keyword argument NAME=VALUE (VALUE parsed like ARGS); repeatable.
+    #[arg(long = "kw", value_name = "NAME=VALUE")]
+    kwargs: Vec<String>,
+    /// Resource tags the serving command must carry.
+    #[arg(long, value_delimiter = ',')]
+    locs: Vec<String>,
+    /// The node to call.
+    #[arg(long, env = "WEFT_URL", default_value = "ws://127.0.0.1:6000")]
+    url: String,
+}
+
+#[derive(clap::Args)]
+pub struct RequestArgs {
+    /// A JSON request (`{"role":"rpc","cmds":[...]}`, or just the list of commands), `-` for stdin.
+    file: PathBuf,
+    /// The node to call.
+    #[arg(long, env = "WEFT_URL", default_value = "ws://127.0.0.1:6000")]
+    url: String,
+}
+
+pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
+    let positional: Vec<Value> = args.args.iter().map(|a| parse_arg(a)).collect();
+    let mut kwargs = Map::new();
+    for kw in &args.kwargs {
+        let (name, value) = kw.split_once('=').with_context(|| format!("--kw {kw:?}: expected NAME=VALUE"))?;
+        kwargs.insert(name.to_string(), parse_arg(value));
+    }
+    let client = Client::connect(&args.url).await?;
+    let locs: Vec<String> = args.locs.into_iter().filter(|l| !l.is_empty()).collect();
+    match client.call(&args.fun, positional, kwargs, &locs).await {
+        Ok(value) => {
+            println!("{value}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ ClientError::Remote { .. }) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
+    let text = if args.file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("reading the request from standard input")?;
+        text
+    } else {
+        std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?
+    };
+    let request: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", args.file.display()))?;
+    let request = match request {
+        Value::Array(cmds) => serde_json::json!({ "role": "rpc", "cmds": cmds }),
+        other => other,
+    };
+    let client = Client::connect(&args.url).await?;
+    let response = client.request(request).await?;
+    let has_extras = response.get("intermediate_results").is_some() || response.get("execution_summary").is_some();
+    if has_extras && response.get("error").is_none_or(Value::is_null) {
+        println!("{}", serde_json::to_string_pretty(&response)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match result_of(response) {
+        Ok(r) => {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn parse_arg(arg: &str) -> Value {
+    serde_json::from_str(arg).unwrap_or_else(|_| Value::String(arg.to_string()))
+}

@@ -1,0 +1,66 @@
+//! Command-line interface: `weft node`, `weft call`, `weft request`, `weft bench`.
+
+mod bench;
+mod client;
+mod node;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "weft", version, about = "A fabric of nodes whose commands are WebAssembly components")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node serving the plugins of a directory.
+    Node(node::NodeArgs),
+    /// Call one command and print its JSON result.
+    Call(client::CallArgs),
+    /// Send a multi-command request from a JSON file (or `-` for standard input).
+    Request(client::RequestArgs),
+    /// Measure call latency and throughput against the raw WebSocket limit.
+    Bench(bench::BenchArgs),
+    /// Serve the raw WebSocket JSON echo that `weft bench` compares against.
+    #[command(hide = true)]
+    RawEcho(bench::RawEchoArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Node(args) => node::run(args).await,
+            Command::Call(args) => client::call(args).await,
+            Command::Request(args) => client::request(args).await,
+            Command::Bench(args) => bench::run(args).await,
+            Command::RawEcho(args) => bench::raw_echo(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to standard error, filtered by `RUST_LOG` (default `info`).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

@@ -1,0 +1,74 @@
+//! `weft node`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use weft::config::{self, Limits};
+use weft::node::{Node, NodeConfig};
+
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// Address of the client listener.
+    #[arg(long, default_value = "127.0.0.1:6000", env = "WEFT_LISTEN")]
+    listen: SocketAddr,
+    /// Directory of plugin components (`*.wasm`).
+    #[arg(long, env = "WEFT_PLUGINS")]
+    plugins: Option<PathBuf>,
+    /// The node's resource tags, added to every command it serves.
+    #[arg(long, value_delimiter = ',', env = "WEFT_RESOURCES")]
+    resources: Vec<String>,
+    /// Deadline of one command call, in milliseconds.
+    #[arg(long, env = config::CALL_DEADLINE_MS_ENV, default_value_t = config::DEFAULT_CALL_DEADLINE_MS)]
+    call_deadline_ms: u64,
+    /// Linear memory one plugin instance may use, in MiB.
+    #[arg(long, env = config::MEMORY_LIMIT_MB_ENV, default_value_t = config::DEFAULT_MEMORY_LIMIT_MB)]
+    memory_limit_mb: u64,
+    /// Largest request frame, in bytes.
+    #[arg(long, env = config::MAX_FRAME_BYTES_ENV, default_value_t = config::DEFAULT_MAX_FRAME_BYTES)]
+    max_frame_bytes: usize,
+    /// How deep commands may call commands.
+    #[arg(long, env = config::MAX_CALL_DEPTH_ENV, default_value_t = config::DEFAULT_MAX_CALL_DEPTH)]
+    max_call_depth: u32,
+    /// Plugin instances that may exist at once.
+    #[arg(long, env = config::MAX_INSTANCES_ENV, default_value_t = config::DEFAULT_MAX_INSTANCES)]
+    max_instances: u32,
+    /// Calls a warm instance serves before it is replaced (1 = a fresh instance per call).
+    #[arg(long, env = config::INSTANCE_REUSE_ENV, default_value_t = config::DEFAULT_INSTANCE_REUSE)]
+    instance_reuse: u32,
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let limits = Limits {
+        call_deadline: Duration::from_millis(args.call_deadline_ms.max(1)),
+        memory_limit_bytes: usize::try_from(args.memory_limit_mb.max(1) << 20).context("--memory-limit-mb is too large")?,
+        max_frame_bytes: args.max_frame_bytes.max(1024),
+        max_call_depth: args.max_call_depth,
+        max_instances: args.max_instances.max(2),
+        instance_reuse: args.instance_reuse.max(1),
+    };
+    let resources = args.resources.into_iter().filter(|r| !r.is_empty()).collect();
+    let node = Node::start(NodeConfig { listen: args.listen, plugins: args.plugins, resources, limits }).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "WEFT_URL={}", node.url()).context("writing to standard output")?;
+        out.flush().context("writing to standard output")?;
+    }
+    wait_for_signal().await?;
+    tracing::info!("stopping");
+    node.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("listening for SIGINT")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}

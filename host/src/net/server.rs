@@ -1,0 +1,134 @@
+//! The node's client listener: one JSON request per WebSocket frame (text or binary), each
+//! request on a connection served concurrently, answered in the same frame type.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::config::MAX_INFLIGHT_PER_CONNECTION;
+use crate::rpc::{codes, ErrorBody, Executor, Response};
+
+/// Accepts client connections until `shutdown` turns true, then waits for connections to end.
+pub async fn serve(listener: TcpListener, executor: Arc<Executor>, mut shutdown: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(connection(stream, peer, executor.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(%peer))]
+async fn connection(stream: TcpStream, peer: SocketAddr, executor: Arc<Executor>, mut shutdown: watch::Receiver<bool>) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "set_nodelay failed");
+    }
+    // Frames up to twice the request limit are read and answered with a clear error; larger
+    // ones close the connection with code 1009 (message too big).
+    let hard_limit = executor.limits().max_frame_bytes.saturating_mul(2);
+    let config = WebSocketConfig::default().max_message_size(Some(hard_limit)).max_frame_size(Some(hard_limit));
+    let ws = match tokio_tungstenite::accept_async_with_config(stream, Some(config)).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            tracing::debug!(error = %e, "websocket handshake failed");
+            return;
+        }
+    };
+    let (mut sink, mut source) = ws.split();
+    let (replies, mut outbox) = mpsc::channel::<Message>(MAX_INFLIGHT_PER_CONNECTION);
+    let writer = tokio::spawn(async move {
+        while let Some(message) = outbox.recv().await {
+            if sink.feed(message).await.is_err() {
+                return;
+            }
+            // Write everything queued in one flush.
+            while let Ok(message) = outbox.try_recv() {
+                if sink.feed(message).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT_PER_CONNECTION));
+    loop {
+        let next = tokio::select! {
+            next = source.next() => next,
+            _ = shutdown.changed() => break,
+        };
+        let (frame, binary) = match next {
+            Some(Ok(Message::Text(text))) => (bytes_of_text(text), false),
+            Some(Ok(Message::Binary(bytes))) => (bytes, true),
+            Some(Ok(Message::Close(_))) | None => break,
+            Some(Ok(_)) => continue,
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                tracing::warn!(size, max_size, "closing connection: frame too large");
+                let close = CloseFrame {
+                    code: CloseCode::Size,
+                    reason: format!("frame of {size} bytes exceeds the limit of {max_size} bytes").into(),
+                };
+                let _ = replies.send(Message::Close(Some(close))).await;
+                break;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "connection error");
+                break;
+            }
+        };
+        let Ok(permit) = inflight.clone().acquire_owned().await else { break };
+        let executor = executor.clone();
+        let replies = replies.clone();
+        tokio::spawn(async move {
+            let response = executor.handle_frame(&frame).await;
+            let message = encode(&response, binary);
+            let _ = replies.send(message).await;
+            drop(permit);
+        });
+    }
+    // Let requests in flight answer before the writer closes the socket.
+    let _ = inflight.acquire_many(MAX_INFLIGHT_PER_CONNECTION as u32).await;
+    drop(replies);
+    let _ = writer.await;
+}
+
+fn bytes_of_text(text: tokio_tungstenite::tungstenite::Utf8Bytes) -> tokio_tungstenite::tungstenite::Bytes {
+    text.into()
+}
+
+fn encode(response: &Response, binary: bool) -> Message {
+    let json = serde_json::to_string(response).unwrap_or_else(|e| {
+        let fallback = Response::error(
+            response.u.clone(),
+            ErrorBody::new(codes::EXECUTION_FAILED, format!("the result could not be encoded: {e}")),
+        );
+        serde_json::to_string(&fallback).unwrap_or_default()
+    });
+    if binary {
+        Message::Binary(json.into())
+    } else {
+        Message::Text(json.into())
+    }
+}

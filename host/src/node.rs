@@ -1,0 +1,129 @@
+//! A running node: runtime, plugins, executor and client listener put together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Limits, SHUTDOWN_GRACE};
+use crate::plugins::{self, CommandTable};
+use crate::rpc::Executor;
+use crate::runtime::Runtime;
+
+/// How to start a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub listen: SocketAddr,
+    pub plugins: Option<PathBuf>,
+    /// The node's own resource tags, added to every command it serves.
+    pub resources: Vec<String>,
+    pub limits: Limits,
+}
+
+/// A node serving clients.
+pub struct Node {
+    url: String,
+    executor: Arc<Executor>,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    _runtime: Runtime,
+}
+
+impl Node {
+    /// Loads the plugins, binds the listener and starts serving.
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+        let runtime = Runtime::new(config.limits.clone()).context("starting the webassembly runtime")?;
+        let executor = Executor::new(config.limits.clone(), config.resources.clone());
+        if let Some(dir) = &config.plugins {
+            let loaded = plugins::load_dir(&runtime, dir).await?;
+            executor.set_table(CommandTable::build(&loaded, &config.resources));
+        }
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding the client listener on {}", config.listen))?;
+        let local = listener.local_addr().context("reading the listener's address")?;
+        let host = if local.ip().is_unspecified() { "127.0.0.1".to_string() } else { local.ip().to_string() };
+        let url = match local {
+            SocketAddr::V6(_) if !local.ip().is_unspecified() => format!("ws://[{host}]:{}", local.port()),
+            _ => format!("ws://{host}:{}", local.port()),
+        };
+        let (shutdown, stop) = watch::channel(false);
+        let server = tokio::spawn(crate::net::server::serve(listener, executor.clone(), stop));
+        tracing::info!(%url, commands = executor.table().commands().len(), "node serving");
+        Ok(Node { url, executor, shutdown, server, _runtime: runtime })
+    }
+
+    /// The URL clients connect to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn executor(&self) -> &Arc<Executor> {
+        &self.executor
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to a grace period) and stops.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let mut server = self.server;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
+            tracing::warn!("requests still running after the shutdown grace period; stopping anyway");
+            server.abort();
+        }
+    }
+}
+
+/// A `weft` process started by this one (by `weft bench` and the tests): it is killed when
+/// dropped.
+pub struct NodeProcess {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl NodeProcess {
+    /// Runs `exe ARGS...` and waits (up to `timeout`) for the `WEFT_URL=` line it prints once
+    /// it serves. Its standard error is passed through.
+    pub async fn spawn(exe: &std::path::Path, args: &[String], timeout: std::time::Duration) -> anyhow::Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(exe)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let stdout = child.stdout.take().context("no standard output of the child")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(timeout, async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(url) = line.strip_prefix("WEFT_URL=") {
+                    return Ok(url.to_string());
+                }
+            }
+            anyhow::bail!("{} exited before printing WEFT_URL", exe.display())
+        })
+        .await
+        .with_context(|| format!("{} did not print WEFT_URL within {timeout:?}", exe.display()))??;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(NodeProcess { child, url })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The process id, for signals.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait().await
+    }
+}

@@ -1,0 +1,293 @@
+//! Runs requests: plans them, runs each level's commands concurrently, routes each command
+//! to a built-in or a local plugin, and assembles the response.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use super::builtins;
+use super::plan::{plan, substitute};
+use super::protocol::{self, codes, ErrorBody, ExecutionSummary, IntermediateResult, Request, RequestCommand, Response};
+use crate::config::Limits;
+use crate::error::CommandError;
+use crate::plugins::{CommandTable, Selector};
+use crate::runtime::{CallContext, CallFuture, GuestCall, HostCalls};
+
+/// Executes client requests and calls made by plugins.
+pub struct Executor {
+    table: RwLock<Arc<CommandTable>>,
+    node_tags: Vec<String>,
+    limits: Limits,
+    me: Weak<Executor>,
+}
+
+impl Executor {
+    pub fn new(limits: Limits, node_tags: Vec<String>) -> Arc<Self> {
+        Arc::new_cyclic(|me| Executor {
+            table: RwLock::new(Arc::new(CommandTable::default())),
+            node_tags,
+            limits,
+            me: me.clone(),
+        })
+    }
+
+    /// Replaces the table of local commands; calls already routed finish where they are.
+    pub fn set_table(&self, table: CommandTable) {
+        if let Ok(mut current) = self.table.write() {
+            *current = Arc::new(table);
+        }
+    }
+
+    /// The current table of local commands.
+    pub fn table(&self) -> Arc<CommandTable> {
+        self.table.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Answers one request frame; never fails (errors become error responses).
+    pub async fn handle_frame(&self, frame: &[u8]) -> Response {
+        if frame.len() > self.limits.max_frame_bytes {
+            return Response::error(
+                Value::Null,
+                ErrorBody::new(
+                    codes::INVALID_REQUEST,
+                    format!("request of {} bytes exceeds the limit of {} bytes", frame.len(), self.limits.max_frame_bytes),
+                ),
+            );
+        }
+        match protocol::parse(frame) {
+            Ok(request) => self.execute(request).await,
+            Err((u, error)) => Response::error(u, error),
+        }
+    }
+
+    /// Runs a parsed request.
+    #[tracing::instrument(level = "debug", skip_all, fields(u = %request.u, cmds = request.cmds.len()))]
+    pub async fn execute(&self, request: Request) -> Response {
+        let started = Instant::now();
+        let Request { u, cmds, return_intermediate_results, include_execution_summary } = request;
+        let plan = match plan(&cmds) {
+            Ok(plan) => plan,
+            Err(details) => return Response::error(u, ErrorBody::new(codes::INVALID_REQUEST, details)),
+        };
+        let total_levels = plan.levels.len();
+        let mut results: HashMap<String, Value> = HashMap::with_capacity(cmds.len());
+        let mut intermediate = Vec::new();
+        let mut level_times = Vec::with_capacity(total_levels);
+        let mut accumulated = Map::new();
+        for (level_index, level) in plan.levels.iter().enumerate() {
+            let level_started = Instant::now();
+            let outcomes = self.run_level(level, &cmds, &results).await;
+            let mut level_results = Map::new();
+            for (&i, outcome) in level.iter().zip(outcomes) {
+                let cmd = &cmds[i];
+                match outcome {
+                    Ok(value) => {
+                        if return_intermediate_results {
+                            level_results.insert(cmd.name.clone(), value.clone());
+                        }
+                        results.insert(cmd.name.clone(), value);
+                    }
+                    Err(error) => return Response::error(u, command_error(cmd, error)),
+                }
+            }
+            let elapsed = ms(level_started);
+            level_times.push(elapsed);
+            if return_intermediate_results {
+                accumulated.extend(level_results.clone());
+                intermediate.push(IntermediateResult {
+                    request_id: u.clone(),
+                    level_index,
+                    level_results,
+                    accumulated_results: accumulated.clone(),
+                    total_levels,
+                    completed_levels: level_index + 1,
+                    timestamp: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+                    execution_time_ms: elapsed,
+                });
+            }
+        }
+        // Every result no other command consumed, in request order.
+        let mut r = Map::new();
+        for (i, cmd) in cmds.iter().enumerate() {
+            if !plan.consumed[i] {
+                if let Some(value) = results.remove(&cmd.name) {
+                    r.insert(cmd.name.clone(), value);
+                }
+            }
+        }
+        let execution_summary = include_execution_summary.then(|| {
+            let bottleneck_level_index = level_times
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i);
+            ExecutionSummary {
+                request_id: u.clone(),
+                total_execution_time_ms: ms(started),
+                total_levels,
+                average_level_time_ms: level_times.iter().sum::<f64>() / total_levels.max(1) as f64,
+                level_execution_times: level_times,
+                bottleneck_level_index,
+                parallel_commands_executed: cmds.len(),
+                cross_cluster_hops: 0,
+            }
+        });
+        Response {
+            r: Value::Object(r),
+            error: None,
+            u,
+            intermediate_results: return_intermediate_results.then_some(intermediate),
+            execution_summary,
+        }
+    }
+
+    /// Runs the commands of one level concurrently (on separate tasks when there are several).
+    async fn run_level(
+        &self,
+        level: &[usize],
+        cmds: &[RequestCommand],
+        results: &HashMap<String, Value>,
+    ) -> Vec<Result<Value, CommandError>> {
+        let deadline = Instant::now() + self.limits.call_deadline;
+        let context = CallContext { deadline, depth: 0 };
+        let mut prepared = Vec::with_capacity(level.len());
+        for &i in level {
+            let cmd = &cmds[i];
+            prepared.push(resolve_args(cmd, results).map(|(args, kwargs)| (cmd.fun.clone(), args, kwargs, cmd.selector.clone())));
+        }
+        if prepared.len() == 1 {
+            let single = prepared.pop().map(|p| async move {
+                let (fun, args, kwargs, selector) = p?;
+                self.dispatch(&fun, args, kwargs, &selector, context).await
+            });
+            return match single {
+                Some(future) => vec![future.await],
+                None => Vec::new(),
+            };
+        }
+        let Some(me) = self.me.upgrade() else {
+            return prepared.into_iter().map(|_| Err(CommandError::Failed("the node is shutting down".into()))).collect();
+        };
+        let handles: Vec<_> = prepared
+            .into_iter()
+            .map(|p| {
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let (fun, args, kwargs, selector) = p?;
+                    me.dispatch(&fun, args, kwargs, &selector, context).await
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(handles.len());
+        for handle in handles {
+            outcomes.push(handle.await.unwrap_or_else(|e| Err(CommandError::Failed(format!("command task failed: {e}")))));
+        }
+        outcomes
+    }
+
+    /// Runs one command on this node: a built-in or a local plugin.
+    pub async fn dispatch(
+        &self,
+        fun: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        selector: &Selector,
+        context: CallContext,
+    ) -> Result<Value, CommandError> {
+        if builtins::NAMES.contains(&fun) && selector.locs.iter().all(|l| self.node_tags.contains(l)) {
+            return builtins::run(fun, args, kwargs);
+        }
+        let table = self.table();
+        let command = table.find(fun, selector)?;
+        let plugin = command.plugin.clone();
+        let args_json = Value::Array(args).to_string();
+        let kwargs_json = Value::Object(kwargs).to_string();
+        let host_calls: Arc<dyn HostCalls> = match self.me.upgrade() {
+            Some(me) => me,
+            None => return Err(CommandError::Failed("the node is shutting down".into())),
+        };
+        let json = plugin.invoke(fun, &args_json, &kwargs_json, context, host_calls).await?;
+        serde_json::from_str(&json)
+            .map_err(|e| CommandError::Failed(format!("{fun}: the plugin returned invalid JSON: {e}")))
+    }
+}
+
+impl HostCalls for Executor {
+    fn call(&self, call: GuestCall) -> CallFuture {
+        let me = self.me.upgrade();
+        let max_depth = self.limits.max_call_depth;
+        Box::pin(async move {
+            let Some(me) = me else {
+                return Err(CommandError::Failed("the node is shutting down".into()));
+            };
+            let depth = call.parent.depth + 1;
+            if depth > max_depth {
+                return Err(CommandError::Denied(format!(
+                    "{}: call depth limit of {max_depth} exceeded (commands calling commands nest too deep)",
+                    call.command
+                )));
+            }
+            let args = match serde_json::from_str::<Value>(&call.args_json) {
+                Ok(Value::Array(args)) => args,
+                Ok(Value::Null) => Vec::new(),
+                _ => return Err(CommandError::InvalidArgs(format!("{}: arguments must be a JSON list", call.command))),
+            };
+            let kwargs = if call.kwargs_json.trim().is_empty() {
+                Map::new()
+            } else {
+                match serde_json::from_str::<Value>(&call.kwargs_json) {
+                    Ok(Value::Object(kwargs)) => kwargs,
+                    Ok(Value::Null) => Map::new(),
+                    _ => {
+                        return Err(CommandError::InvalidArgs(format!(
+                            "{}: keyword arguments must be a JSON object",
+                            call.command
+                        )))
+                    }
+                }
+            };
+            let selector = Selector { locs: call.resources, ..Selector::default() };
+            let context = CallContext { deadline: call.parent.deadline, depth };
+            let value = me.dispatch(&call.command, args, kwargs, &selector, context).await?;
+            Ok(value.to_string())
+        })
+    }
+}
+
+fn resolve_args(
+    cmd: &RequestCommand,
+    results: &HashMap<String, Value>,
+) -> Result<(Vec<Value>, Map<String, Value>), CommandError> {
+    let resolve = |v: &Value| substitute(v, results).map_err(CommandError::InvalidArgs);
+    let args = cmd.args.iter().map(resolve).collect::<Result<Vec<_>, _>>()?;
+    let kwargs = cmd
+        .kwargs
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), resolve(v)?)))
+        .collect::<Result<Map<_, _>, CommandError>>()?;
+    Ok((args, kwargs))
+}
+
+fn command_error(cmd: &RequestCommand, error: CommandError) -> ErrorBody {
+    let code = match error {
+        CommandError::NotFound(_) => codes::NOT_FOUND,
+        CommandError::Timeout(_) => codes::TIMEOUT_OR_ROLE,
+        _ => codes::EXECUTION_FAILED,
+    };
+    let mut body = ErrorBody::new(code, format!("command `{}` ({}): {error}", cmd.name, cmd.fun));
+    if let CommandError::InvalidArgs(_) = error {
+        body.message = "Invalid arguments".into();
+    }
+    body
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}

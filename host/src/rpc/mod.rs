@@ -1,0 +1,10 @@
+//! The MPREG-compatible client protocol: request frames, dependency resolution between the
+//! commands of one request, and their execution on this node.
+
+mod builtins;
+mod executor;
+mod plan;
+mod protocol;
+
+pub use executor::Executor;
+pub use protocol::{codes, ErrorBody, Request, RequestCommand, Response};

@@ -1,0 +1,51 @@
+//! The WebAssembly runtime: one wasmtime [`Engine`](wasmtime::Engine) per node, plugin
+//! components compiled once and instantiated from an `InstancePre`, per-call deadlines by
+//! epoch interruption, a memory limit per instance, and WASI with nothing granted.
+//!
+//! The runtime knows nothing of the network: calls a plugin makes through `host.call` go to a
+//! [`HostCalls`] implementation that the node provides.
+
+mod bindings;
+mod engine;
+mod host;
+mod plugin;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::time::Instant;
+
+use crate::error::CommandError;
+
+pub use engine::{Runtime, RuntimeError};
+pub use plugin::{CommandSpec, Plugin};
+
+/// A future returned by [`HostCalls::call`].
+pub type CallFuture = Pin<Box<dyn Future<Output = Result<String, CommandError>> + Send>>;
+
+/// A command called by a plugin through `host.call`.
+#[derive(Debug, Clone)]
+pub struct GuestCall {
+    pub command: String,
+    /// JSON array of positional arguments.
+    pub args_json: String,
+    /// JSON object of keyword arguments (possibly empty).
+    pub kwargs_json: String,
+    pub resources: Vec<String>,
+    /// The context of the call that made this one.
+    pub parent: CallContext,
+}
+
+/// Where the calls plugins make through `host.call` go.
+pub trait HostCalls: Send + Sync + 'static {
+    fn call(&self, call: GuestCall) -> CallFuture;
+}
+
+/// What travels with one call into a plugin.
+#[derive(Debug, Clone, Copy)]
+pub struct CallContext {
+    /// When the call must have finished.
+    pub deadline: Instant,
+    /// How many `host.call`s deep this call is (0 for a client's call).
+    pub depth: u32,
+}
