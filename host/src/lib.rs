@@ -9,8 +9,8 @@
 pub mod bench;
 pub mod config;
 pub mod error;
-pub mod node;
 pub mod net;
+pub mod node;
 pub mod plugins;
 pub mod rpc;
 pub mod runtime;

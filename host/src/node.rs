@@ -46,15 +46,27 @@ impl Node {
             .await
             .with_context(|| format!("binding the client listener on {}", config.listen))?;
         let local = listener.local_addr().context("reading the listener's address")?;
-        let host = if local.ip().is_unspecified() { "127.0.0.1".to_string() } else { local.ip().to_string() };
+        let host = if local.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            local.ip().to_string()
+        };
         let url = match local {
-            SocketAddr::V6(_) if !local.ip().is_unspecified() => format!("ws://[{host}]:{}", local.port()),
+            SocketAddr::V6(_) if !local.ip().is_unspecified() => {
+                format!("ws://[{host}]:{}", local.port())
+            }
             _ => format!("ws://{host}:{}", local.port()),
         };
         let (shutdown, stop) = watch::channel(false);
         let server = tokio::spawn(crate::net::server::serve(listener, executor.clone(), stop));
         tracing::info!(%url, commands = executor.table().commands().len(), "node serving");
-        Ok(Node { url, executor, shutdown, server, _runtime: runtime })
+        Ok(Node {
+            url,
+            executor,
+            shutdown,
+            server,
+            _runtime: runtime,
+        })
     }
 
     /// The URL clients connect to.

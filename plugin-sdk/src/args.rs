@@ -23,7 +23,12 @@ impl Args {
         let positional = match serde_json::from_str::<Value>(args_json) {
             Ok(Value::Array(values)) => values,
             Ok(Value::Null) => Vec::new(),
-            Ok(other) => return Err(invalid(command, format!("positional arguments must be a list, got {other}"))),
+            Ok(other) => {
+                return Err(invalid(
+                    command,
+                    format!("positional arguments must be a list, got {other}"),
+                ))
+            }
             Err(e) => return Err(invalid(command, format!("positional arguments are not JSON: {e}"))),
         };
         let keywords = if kwargs_json.trim().is_empty() {
@@ -32,11 +37,22 @@ impl Args {
             match serde_json::from_str::<Value>(kwargs_json) {
                 Ok(Value::Object(map)) => map,
                 Ok(Value::Null) => Map::new(),
-                Ok(other) => return Err(invalid(command, format!("keyword arguments must be an object, got {other}"))),
+                Ok(other) => {
+                    return Err(invalid(
+                        command,
+                        format!("keyword arguments must be an object, got {other}"),
+                    ))
+                }
                 Err(e) => return Err(invalid(command, format!("keyword arguments are not JSON: {e}"))),
             }
         };
-        Ok(Args { command, given: positional.len(), positional: positional.into(), taken: 0, keywords })
+        Ok(Args {
+            command,
+            given: positional.len(),
+            positional: positional.into(),
+            taken: 0,
+            keywords,
+        })
     }
 
     /// The next parameter, `name`: the next positional argument, else the keyword argument of
@@ -46,7 +62,10 @@ impl Args {
         let value = match self.positional.pop_front() {
             Some(value) => {
                 if self.keywords.contains_key(name) {
-                    return Err(invalid(command, format!("argument `{name}` given both by position and by keyword")));
+                    return Err(invalid(
+                        command,
+                        format!("argument `{name}` given both by position and by keyword"),
+                    ));
                 }
                 Some(value)
             }
@@ -54,10 +73,12 @@ impl Args {
         };
         self.taken += 1;
         match value {
-            Some(value) => serde_json::from_value(value)
-                .map_err(|e| invalid(command, format!("argument `{name}`: {e}"))),
-            None => serde_json::from_value(Value::Null)
-                .map_err(|_| invalid(command, format!("missing argument `{name}`"))),
+            Some(value) => {
+                serde_json::from_value(value).map_err(|e| invalid(command, format!("argument `{name}`: {e}")))
+            }
+            None => {
+                serde_json::from_value(Value::Null).map_err(|_| invalid(command, format!("missing argument `{name}`")))
+            }
         }
     }
 
@@ -66,7 +87,10 @@ impl Args {
         if !self.positional.is_empty() {
             return Err(invalid(
                 self.command,
-                format!("takes {} positional argument(s) but {} were given", self.taken, self.given),
+                format!(
+                    "takes {} positional argument(s) but {} were given",
+                    self.taken, self.given
+                ),
             ));
         }
         if let Some(name) = self.keywords.keys().next() {

@@ -77,8 +77,8 @@ pub fn call_with(
 #[doc(hidden)]
 pub mod __private {
     pub use crate::args::Args;
-    pub use crate::bindings::Guest;
     pub use crate::bindings::weft::plugin::types::{CallError, CommandSpec};
+    pub use crate::bindings::Guest;
     use crate::Error;
 
     /// Turns what a command function returned into the JSON the host expects.
@@ -89,9 +89,8 @@ pub mod __private {
     impl<T: serde::Serialize, E: Into<Error>> IntoOutcome for Result<T, E> {
         fn into_outcome(self, command: &str) -> Result<String, CallError> {
             match self {
-                Ok(value) => serde_json::to_string(&value).map_err(|e| {
-                    CallError::Failed(format!("{command}: result is not JSON-serializable: {e}"))
-                }),
+                Ok(value) => serde_json::to_string(&value)
+                    .map_err(|e| CallError::Failed(format!("{command}: result is not JSON-serializable: {e}"))),
                 Err(e) => Err(e.into().into()),
             }
         }

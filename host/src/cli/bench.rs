@@ -33,38 +33,57 @@ pub struct RawEchoArgs {
 }
 
 pub async fn raw_echo(args: RawEchoArgs) -> anyhow::Result<ExitCode> {
-    let listener = TcpListener::bind(args.listen).await.context("binding the raw echo listener")?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .context("binding the raw echo listener")?;
     println!("WEFT_URL=ws://{}", listener.local_addr()?);
     raw_echo_server(listener).await;
     Ok(ExitCode::SUCCESS)
 }
 
+const LIMIT: &str = "raw tokio-tungstenite JSON echo (limit)";
+
+/// One server and request kind to measure.
+struct Target<'a> {
+    label: &'static str,
+    url: &'a str,
+    request: fn(u64) -> String,
+}
+
 fn echo_request(u: u64) -> String {
-    format!(r#"{{"role":"rpc","u":"{u}","cmds":[{{"name":"r","fun":"echo","args":["hello"],"kwargs":{{}},"locs":[]}}]}}"#)
+    format!(
+        r#"{{"role":"rpc","u":"{u}","cmds":[{{"name":"r","fun":"echo","args":["hello"],"kwargs":{{}},"locs":[]}}]}}"#
+    )
 }
 
 fn add_request(u: u64) -> String {
-    format!(r#"{{"role":"rpc","u":"{u}","cmds":[{{"name":"r","fun":"math.add","args":[2,3],"kwargs":{{}},"locs":[]}}]}}"#)
+    format!(
+        r#"{{"role":"rpc","u":"{u}","cmds":[{{"name":"r","fun":"math.add","args":[2,3],"kwargs":{{}},"locs":[]}}]}}"#
+    )
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("locating the weft binary")?;
     let startup = Duration::from_secs(120);
     let raw = NodeProcess::spawn(&exe, &["raw-echo".into()], startup).await?;
-    let mut node_args = vec!["node".to_string(), "--listen=127.0.0.1:0".into(), format!("--plugins={}", args.plugins.display())];
+    let mut node_args = vec![
+        "node".to_string(),
+        "--listen=127.0.0.1:0".into(),
+        format!("--plugins={}", args.plugins.display()),
+    ];
     node_args.extend(args.node_args.iter().cloned());
     let node = NodeProcess::spawn(&exe, &node_args, startup).await?;
     let duration = Duration::from_secs_f64(args.seconds.max(0.1));
 
-    let targets: [(&str, &str, fn(u64) -> String); 3] = [
-        ("raw tokio-tungstenite JSON echo (limit)", raw.url(), echo_request),
-        ("weft built-in `echo`", node.url(), echo_request),
-        ("weft Rust plugin `math.add`", node.url(), add_request),
+    let targets = [
+        Target { label: LIMIT, url: raw.url(), request: echo_request },
+        Target { label: "weft built-in `echo`", url: node.url(), request: echo_request },
+        Target { label: "weft Rust plugin `math.add`", url: node.url(), request: add_request },
     ];
-    let mut rows: Vec<(String, usize, Stats)> = Vec::new();
+    let mut rows: Vec<(&str, usize, Stats)> = Vec::new();
     for &in_flight in &args.in_flight {
-        for (label, url, request) in &targets {
-            let stats = measure(url, *request, in_flight, duration).await?;
+        for &Target { label, url, request } in &targets {
+            let stats = measure(url, request, in_flight, duration).await?;
             if stats.errors > 0 {
                 anyhow::bail!("{label}: {} of {} calls failed", stats.errors, stats.calls);
             }
@@ -72,7 +91,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 "{label:<42} in flight {in_flight:>3}: {:>9.0} calls/s  p50 {:>7.1} µs  p99 {:>7.1} µs",
                 stats.calls_per_sec, stats.p50_us, stats.p99_us
             );
-            rows.push((label.to_string(), in_flight, stats));
+            rows.push((label, in_flight, stats));
         }
     }
     println!("| target | in flight | calls/s | p50 µs | p99 µs | vs limit (calls/s) |");
@@ -80,7 +99,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     for (label, in_flight, stats) in &rows {
         let limit = rows
             .iter()
-            .find(|(l, f, _)| l == targets[0].0 && f == in_flight)
+            .find(|(l, f, _)| *l == LIMIT && f == in_flight)
             .map_or(f64::NAN, |(_, _, s)| s.calls_per_sec);
         println!(
             "| {label} | {in_flight} | {:.0} | {:.1} | {:.1} | {:.0} % |",

@@ -40,7 +40,9 @@ pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
     let positional: Vec<Value> = args.args.iter().map(|a| parse_arg(a)).collect();
     let mut kwargs = Map::new();
     for kw in &args.kwargs {
-        let (name, value) = kw.split_once('=').with_context(|| format!("--kw {kw:?}: expected NAME=VALUE"))?;
+        let (name, value) = kw
+            .split_once('=')
+            .with_context(|| format!("--kw {kw:?}: expected NAME=VALUE"))?;
         kwargs.insert(name.to_string(), parse_arg(value));
     }
     let client = Client::connect(&args.url).await?;
@@ -61,7 +63,9 @@ pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
 pub async fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
     let text = if args.file.as_os_str() == "-" {
         let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).context("reading the request from standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the request from standard input")?;
         text
     } else {
         std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?

@@ -44,14 +44,21 @@ pub struct NodeArgs {
 pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let limits = Limits {
         call_deadline: Duration::from_millis(args.call_deadline_ms.max(1)),
-        memory_limit_bytes: usize::try_from(args.memory_limit_mb.max(1) << 20).context("--memory-limit-mb is too large")?,
+        memory_limit_bytes: usize::try_from(args.memory_limit_mb.max(1) << 20)
+            .context("--memory-limit-mb is too large")?,
         max_frame_bytes: args.max_frame_bytes.max(1024),
         max_call_depth: args.max_call_depth,
         max_instances: args.max_instances.max(2),
         instance_reuse: args.instance_reuse.max(1),
     };
     let resources = args.resources.into_iter().filter(|r| !r.is_empty()).collect();
-    let node = Node::start(NodeConfig { listen: args.listen, plugins: args.plugins, resources, limits }).await?;
+    let node = Node::start(NodeConfig {
+        listen: args.listen,
+        plugins: args.plugins,
+        resources,
+        limits,
+    })
+    .await?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "WEFT_URL={}", node.url()).context("writing to standard output")?;

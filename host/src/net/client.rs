@@ -21,7 +21,11 @@ pub enum ClientError {
     #[error("the connection to the node closed")]
     Closed,
     #[error("error {code} ({message}): {details}")]
-    Remote { code: i64, message: String, details: String },
+    Remote {
+        code: i64,
+        message: String,
+        details: String,
+    },
     #[error("invalid response: {0}")]
     InvalidResponse(String),
 }
@@ -40,7 +44,10 @@ impl Client {
         let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
             .await
-            .map_err(|e| ClientError::Connect { url: url.to_string(), reason: e.to_string() })?;
+            .map_err(|e| ClientError::Connect {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
         let (mut sink, mut source) = ws.split();
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let (outbox, mut queue) = mpsc::channel::<Message>(1024);
@@ -69,7 +76,9 @@ impl Client {
                     Message::Close(_) => break,
                     _ => continue,
                 };
-                let Ok(value) = serde_json::from_slice::<Value>(&bytes) else { continue };
+                let Ok(value) = serde_json::from_slice::<Value>(&bytes) else {
+                    continue;
+                };
                 let key = value.get("u").map(key_of).unwrap_or_default();
                 let waiter = reader_pending.lock().ok().and_then(|mut p| p.remove(&key));
                 if let Some(waiter) = waiter {
@@ -82,7 +91,12 @@ impl Client {
             }
         });
         let prefix = format!("{:x}-{:x}", std::process::id(), rand_seed());
-        Ok(Client { outbox, pending, next: AtomicU64::new(0), prefix })
+        Ok(Client {
+            outbox,
+            pending,
+            next: AtomicU64::new(0),
+            prefix,
+        })
     }
 
     /// Sends a raw request object, setting its `u` when absent, and returns the raw response.
@@ -122,7 +136,9 @@ impl Client {
         });
         let response = self.request(request).await?;
         let mut r = result_of(response)?;
-        r.get_mut("result").map(Value::take).ok_or_else(|| ClientError::InvalidResponse(format!("no `result` in {r}")))
+        r.get_mut("result")
+            .map(Value::take)
+            .ok_or_else(|| ClientError::InvalidResponse(format!("no `result` in {r}")))
     }
 }
 
@@ -131,8 +147,16 @@ pub fn result_of(response: Value) -> Result<Value, ClientError> {
     if let Some(error) = response.get("error").filter(|e| !e.is_null()) {
         return Err(ClientError::Remote {
             code: error.get("code").and_then(Value::as_i64).unwrap_or(0),
-            message: error.get("message").and_then(Value::as_str).unwrap_or_default().to_string(),
-            details: error.get("details").and_then(Value::as_str).unwrap_or_default().to_string(),
+            message: error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            details: error
+                .get("details")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
         });
     }
     match response {
@@ -151,6 +175,10 @@ fn key_of(u: &Value) -> String {
 fn rand_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    hasher.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
     hasher.finish()
 }

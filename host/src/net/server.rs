@@ -46,7 +46,9 @@ async fn connection(stream: TcpStream, peer: SocketAddr, executor: Arc<Executor>
     // Frames up to twice the request limit are read and answered with a clear error; larger
     // ones close the connection with code 1009 (message too big).
     let hard_limit = executor.limits().max_frame_bytes.saturating_mul(2);
-    let config = WebSocketConfig::default().max_message_size(Some(hard_limit)).max_frame_size(Some(hard_limit));
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(hard_limit))
+        .max_frame_size(Some(hard_limit));
     let ws = match tokio_tungstenite::accept_async_with_config(stream, Some(config)).await {
         Ok(ws) => ws,
         Err(e) => {
@@ -98,7 +100,9 @@ async fn connection(stream: TcpStream, peer: SocketAddr, executor: Arc<Executor>
                 break;
             }
         };
-        let Ok(permit) = inflight.clone().acquire_owned().await else { break };
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            break;
+        };
         let executor = executor.clone();
         let replies = replies.clone();
         tokio::spawn(async move {

@@ -19,7 +19,10 @@ pub enum PluginDirError {
 /// Loads every `*.wasm` component in `dir` (sorted by file name). A file that fails to load
 /// is reported and skipped; the others are served.
 pub async fn load_dir(runtime: &Runtime, dir: &Path) -> Result<Vec<Arc<Plugin>>, PluginDirError> {
-    let read_err = |source| PluginDirError::Read { path: dir.display().to_string(), source };
+    let read_err = |source| PluginDirError::Read {
+        path: dir.display().to_string(),
+        source,
+    };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(read_err)? {
         let path = entry.map_err(read_err)?.path();
@@ -30,7 +33,10 @@ pub async fn load_dir(runtime: &Runtime, dir: &Path) -> Result<Vec<Arc<Plugin>>,
     files.sort();
     let mut plugins = Vec::with_capacity(files.len());
     for path in files {
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let bytes = match tokio::fs::read(&path).await {
             Ok(bytes) => bytes,
             Err(e) => {

@@ -60,7 +60,12 @@ impl CommandTable {
                 let tags = spec.resources.iter().chain(node_tags).cloned().collect();
                 by_name.insert(
                     spec.name.clone(),
-                    LocalCommand { name: spec.name.clone(), tags, version: spec.version.clone(), plugin: plugin.clone() },
+                    LocalCommand {
+                        name: spec.name.clone(),
+                        tags,
+                        version: spec.version.clone(),
+                        plugin: plugin.clone(),
+                    },
                 );
             }
         }
@@ -80,7 +85,9 @@ impl CommandTable {
         }
         if let Some(id) = &selector.function_id {
             if *id != command.function_id() {
-                return Err(CommandError::NotFound(format!("command `{name}` not found with function_id `{id}`")));
+                return Err(CommandError::NotFound(format!(
+                    "command `{name}` not found with function_id `{id}`"
+                )));
             }
         }
         if let Some(constraint) = &selector.version_constraint {

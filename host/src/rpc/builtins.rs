@@ -24,7 +24,9 @@ pub fn run(name: &str, args: Vec<Value>, kwargs: Map<String, Value>) -> Result<V
         },
         // echos(*values) → [values...]
         "echos" if kwargs.is_empty() => Ok(Value::Array(args)),
-        "echos" => Err(CommandError::InvalidArgs("echos: takes positional arguments only".into())),
+        "echos" => Err(CommandError::InvalidArgs(
+            "echos: takes positional arguments only".into(),
+        )),
         other => Err(CommandError::NotFound(format!("command `{other}` not found"))),
     }
 }

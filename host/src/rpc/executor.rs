@@ -10,7 +10,9 @@ use tokio::time::Instant;
 
 use super::builtins;
 use super::plan::{plan, substitute};
-use super::protocol::{self, codes, ErrorBody, ExecutionSummary, IntermediateResult, Request, RequestCommand, Response};
+use super::protocol::{
+    self, codes, ErrorBody, ExecutionSummary, IntermediateResult, Request, RequestCommand, Response,
+};
 use crate::config::Limits;
 use crate::error::CommandError;
 use crate::plugins::{CommandTable, Selector};
@@ -57,7 +59,11 @@ impl Executor {
                 Value::Null,
                 ErrorBody::new(
                     codes::INVALID_REQUEST,
-                    format!("request of {} bytes exceeds the limit of {} bytes", frame.len(), self.limits.max_frame_bytes),
+                    format!(
+                        "request of {} bytes exceeds the limit of {} bytes",
+                        frame.len(),
+                        self.limits.max_frame_bytes
+                    ),
                 ),
             );
         }
@@ -71,7 +77,12 @@ impl Executor {
     #[tracing::instrument(level = "debug", skip_all, fields(u = %request.u, cmds = request.cmds.len()))]
     pub async fn execute(&self, request: Request) -> Response {
         let started = Instant::now();
-        let Request { u, cmds, return_intermediate_results, include_execution_summary } = request;
+        let Request {
+            u,
+            cmds,
+            return_intermediate_results,
+            include_execution_summary,
+        } = request;
         let plan = match plan(&cmds) {
             Ok(plan) => plan,
             Err(details) => return Response::error(u, ErrorBody::new(codes::INVALID_REQUEST, details)),
@@ -108,7 +119,10 @@ impl Executor {
                     accumulated_results: accumulated.clone(),
                     total_levels,
                     completed_levels: level_index + 1,
-                    timestamp: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+                    timestamp: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0),
                     execution_time_ms: elapsed,
                 });
             }
@@ -160,7 +174,9 @@ impl Executor {
         let mut prepared = Vec::with_capacity(level.len());
         for &i in level {
             let cmd = &cmds[i];
-            prepared.push(resolve_args(cmd, results).map(|(args, kwargs)| (cmd.fun.clone(), args, kwargs, cmd.selector.clone())));
+            prepared.push(
+                resolve_args(cmd, results).map(|(args, kwargs)| (cmd.fun.clone(), args, kwargs, cmd.selector.clone())),
+            );
         }
         if prepared.len() == 1 {
             let single = prepared.pop().map(|p| async move {
@@ -173,7 +189,10 @@ impl Executor {
             };
         }
         let Some(me) = self.me.upgrade() else {
-            return prepared.into_iter().map(|_| Err(CommandError::Failed("the node is shutting down".into()))).collect();
+            return prepared
+                .into_iter()
+                .map(|_| Err(CommandError::Failed("the node is shutting down".into())))
+                .collect();
         };
         let handles: Vec<_> = prepared
             .into_iter()
@@ -187,7 +206,11 @@ impl Executor {
             .collect();
         let mut outcomes = Vec::with_capacity(handles.len());
         for handle in handles {
-            outcomes.push(handle.await.unwrap_or_else(|e| Err(CommandError::Failed(format!("command task failed: {e}")))));
+            outcomes.push(
+                handle
+                    .await
+                    .unwrap_or_else(|e| Err(CommandError::Failed(format!("command task failed: {e}")))),
+            );
         }
         outcomes
     }
@@ -213,7 +236,9 @@ impl Executor {
             Some(me) => me,
             None => return Err(CommandError::Failed("the node is shutting down".into())),
         };
-        let json = plugin.invoke(fun, &args_json, &kwargs_json, context, host_calls).await?;
+        let json = plugin
+            .invoke(fun, &args_json, &kwargs_json, context, host_calls)
+            .await?;
         serde_json::from_str(&json)
             .map_err(|e| CommandError::Failed(format!("{fun}: the plugin returned invalid JSON: {e}")))
     }
@@ -237,7 +262,12 @@ impl HostCalls for Executor {
             let args = match serde_json::from_str::<Value>(&call.args_json) {
                 Ok(Value::Array(args)) => args,
                 Ok(Value::Null) => Vec::new(),
-                _ => return Err(CommandError::InvalidArgs(format!("{}: arguments must be a JSON list", call.command))),
+                _ => {
+                    return Err(CommandError::InvalidArgs(format!(
+                        "{}: arguments must be a JSON list",
+                        call.command
+                    )))
+                }
             };
             let kwargs = if call.kwargs_json.trim().is_empty() {
                 Map::new()
@@ -253,8 +283,14 @@ impl HostCalls for Executor {
                     }
                 }
             };
-            let selector = Selector { locs: call.resources, ..Selector::default() };
-            let context = CallContext { deadline: call.parent.deadline, depth };
+            let selector = Selector {
+                locs: call.resources,
+                ..Selector::default()
+            };
+            let context = CallContext {
+                deadline: call.parent.deadline,
+                depth,
+            };
             let value = me.dispatch(&call.command, args, kwargs, &selector, context).await?;
             Ok(value.to_string())
         })

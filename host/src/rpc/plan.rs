@@ -51,10 +51,15 @@ pub fn plan(cmds: &[RequestCommand]) -> Result<Plan, String> {
     let mut placed = 0;
     while placed < cmds.len() {
         let ready: Vec<usize> = (0..cmds.len())
-            .filter(|&i| level_of[i].is_none() && deps[i].iter().all(|&d| level_of[d].is_some_and(|l| l < levels.len())))
+            .filter(|&i| {
+                level_of[i].is_none() && deps[i].iter().all(|&d| level_of[d].is_some_and(|l| l < levels.len()))
+            })
             .collect();
         if ready.is_empty() {
-            let stuck: Vec<&str> = (0..cmds.len()).filter(|&i| level_of[i].is_none()).map(|i| cmds[i].name.as_str()).collect();
+            let stuck: Vec<&str> = (0..cmds.len())
+                .filter(|&i| level_of[i].is_none())
+                .map(|i| cmds[i].name.as_str())
+                .collect();
             return Err(format!("dependency cycle among commands {stuck:?}"));
         }
         for &i in &ready {
@@ -101,9 +106,12 @@ fn substitute_with(value: &Value, results: &HashMap<String, Value>, names: &Hash
             Some((name, path)) => lookup(&results[name], name, path)?,
             None => value.clone(),
         },
-        Value::Array(items) => {
-            Value::Array(items.iter().map(|v| substitute_with(v, results, names)).collect::<Result<_, _>>()?)
-        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| substitute_with(v, results, names))
+                .collect::<Result<_, _>>()?,
+        ),
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| Ok((k.clone(), substitute_with(v, results, names)?)))
@@ -149,7 +157,12 @@ mod tests {
 
     #[test]
     fn levels_follow_references() {
-        let cmds = [cmd("a", json!([1])), cmd("b", json!(["a.x"])), cmd("c", json!([["a", {"k": "b"}]])), cmd("d", json!([]))];
+        let cmds = [
+            cmd("a", json!([1])),
+            cmd("b", json!(["a.x"])),
+            cmd("c", json!([["a", {"k": "b"}]])),
+            cmd("d", json!([])),
+        ];
         let plan = plan(&cmds).unwrap();
         assert_eq!(plan.levels, vec![vec![0, 3], vec![1], vec![2]]);
         assert_eq!(plan.consumed, vec![true, true, false, false]);

@@ -56,7 +56,11 @@ impl ErrorBody {
             codes::TIMEOUT_OR_ROLE => "Timeout or invalid role",
             _ => "Error",
         };
-        ErrorBody { code, message: message.to_string(), details: details.into() }
+        ErrorBody {
+            code,
+            message: message.to_string(),
+            details: details.into(),
+        }
     }
 }
 
@@ -74,7 +78,13 @@ pub struct Response {
 
 impl Response {
     pub fn error(u: Value, error: ErrorBody) -> Self {
-        Response { r: Value::Null, error: Some(error), u, intermediate_results: None, execution_summary: None }
+        Response {
+            r: Value::Null,
+            error: Some(error),
+            u,
+            intermediate_results: None,
+            execution_summary: None,
+        }
     }
 }
 
@@ -107,19 +117,34 @@ pub struct ExecutionSummary {
 /// Parses one request frame. On failure returns the request's `u` (when it could be read)
 /// and the error to answer with.
 pub fn parse(frame: &[u8]) -> Result<Request, (Value, ErrorBody)> {
-    let value: Value = serde_json::from_slice(frame)
-        .map_err(|e| (Value::Null, ErrorBody::new(codes::INVALID_REQUEST, format!("request is not valid JSON: {e}"))))?;
+    let value: Value = serde_json::from_slice(frame).map_err(|e| {
+        (
+            Value::Null,
+            ErrorBody::new(codes::INVALID_REQUEST, format!("request is not valid JSON: {e}")),
+        )
+    })?;
     let Value::Object(mut object) = value else {
-        return Err((Value::Null, ErrorBody::new(codes::INVALID_REQUEST, "request must be a JSON object")));
+        return Err((
+            Value::Null,
+            ErrorBody::new(codes::INVALID_REQUEST, "request must be a JSON object"),
+        ));
     };
     let u = object.remove("u").unwrap_or(Value::Null);
     let fail = |code, details: String| Err((u.clone(), ErrorBody::new(code, details)));
     match object.get("role") {
         Some(Value::String(role)) if role == "rpc" => {}
         Some(Value::String(role)) => {
-            return fail(codes::TIMEOUT_OR_ROLE, format!("invalid role `{role}`: this endpoint serves role `rpc`"))
+            return fail(
+                codes::TIMEOUT_OR_ROLE,
+                format!("invalid role `{role}`: this endpoint serves role `rpc`"),
+            )
         }
-        Some(other) => return fail(codes::TIMEOUT_OR_ROLE, format!("invalid role {other}: expected \"rpc\"")),
+        Some(other) => {
+            return fail(
+                codes::TIMEOUT_OR_ROLE,
+                format!("invalid role {other}: expected \"rpc\""),
+            )
+        }
         None => return fail(codes::INVALID_REQUEST, "missing field `role` (expected \"rpc\")".into()),
     }
     let flag = |object: &Map<String, Value>, key: &str| object.get(key).and_then(Value::as_bool).unwrap_or(false);
@@ -140,7 +165,12 @@ pub fn parse(frame: &[u8]) -> Result<Request, (Value, ErrorBody)> {
             Err(details) => return fail(codes::INVALID_REQUEST, format!("cmds[{index}]: {details}")),
         }
     }
-    Ok(Request { u, cmds: parsed, return_intermediate_results, include_execution_summary })
+    Ok(Request {
+        u,
+        cmds: parsed,
+        return_intermediate_results,
+        include_execution_summary,
+    })
 }
 
 fn parse_command(value: Value) -> Result<RequestCommand, String> {
@@ -183,5 +213,15 @@ fn parse_command(value: Value) -> Result<RequestCommand, String> {
     if name.is_empty() {
         return Err("field `name` is empty".into());
     }
-    Ok(RequestCommand { name, fun, args, kwargs, selector: Selector { locs, function_id, version_constraint } })
+    Ok(RequestCommand {
+        name,
+        fun,
+        args,
+        kwargs,
+        selector: Selector {
+            locs,
+            function_id,
+            version_constraint,
+        },
+    })
 }

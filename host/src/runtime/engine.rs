@@ -83,9 +83,19 @@ impl Runtime {
         let started = std::time::Instant::now();
         let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
             .await
-            .map_err(|e| RuntimeError::Compile { name: compile_name.clone(), reason: e.to_string() })?
-            .map_err(|e| RuntimeError::Compile { name: compile_name, reason: format!("{e:#}") })?;
-        tracing::debug!(plugin = name, elapsed_ms = started.elapsed().as_millis() as u64, "compiled");
+            .map_err(|e| RuntimeError::Compile {
+                name: compile_name.clone(),
+                reason: e.to_string(),
+            })?
+            .map_err(|e| RuntimeError::Compile {
+                name: compile_name,
+                reason: format!("{e:#}"),
+            })?;
+        tracing::debug!(
+            plugin = name,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "compiled"
+        );
         Plugin::prepare(self.shared.clone(), name.to_string(), digest, component).await
     }
 

@@ -48,7 +48,10 @@ impl HostState {
         HostState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { limit: memory_limit, hit: false },
+            limiter: MemoryLimiter {
+                limit: memory_limit,
+                hit: false,
+            },
             plugin,
             deadline,
             scope: None,
@@ -58,7 +61,10 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -95,7 +101,7 @@ impl Host for HostState {
                 cut -= 1;
             }
             message.truncate(cut);
-            message.push_str("…");
+            message.push('…');
         }
         let plugin = &*self.plugin;
         let command = self.scope.as_ref().map_or("", |s| s.command.as_str());
@@ -121,9 +127,17 @@ impl Host for HostState {
         resources: Vec<String>,
     ) -> Result<String, CallError> {
         let Some(scope) = self.scope.as_ref() else {
-            return Err(CallError::Denied("host.call is only available while serving a command".into()));
+            return Err(CallError::Denied(
+                "host.call is only available while serving a command".into(),
+            ));
         };
-        let call = GuestCall { command, args_json, kwargs_json, resources, parent: scope.context };
+        let call = GuestCall {
+            command,
+            args_json,
+            kwargs_json,
+            resources,
+            parent: scope.context,
+        };
         let future = scope.host_calls.call(call);
         future.await.map_err(to_wit)
     }

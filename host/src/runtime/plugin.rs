@@ -62,7 +62,10 @@ impl Plugin {
         digest: String,
         component: Component,
     ) -> Result<Plugin, RuntimeError> {
-        let link_err = |e: wasmtime::Error| RuntimeError::Link { name: name.clone(), reason: format!("{e:#}") };
+        let link_err = |e: wasmtime::Error| RuntimeError::Link {
+            name: name.clone(),
+            reason: format!("{e:#}"),
+        };
         let pre = shared.linker.instantiate_pre(&component).map_err(link_err)?;
         let pre = CommandPluginPre::new(pre).map_err(link_err)?;
         let mut plugin = Plugin {
@@ -82,14 +85,23 @@ impl Plugin {
         let mut warm = plugin
             .instantiate(deadline)
             .await
-            .map_err(|reason| RuntimeError::Instantiate { name: name.clone(), reason })?;
+            .map_err(|reason| RuntimeError::Instantiate {
+                name: name.clone(),
+                reason,
+            })?;
         warm.store.data_mut().deadline = deadline;
         let specs = warm
             .bindings
             .call_describe(&mut warm.store)
             .await
-            .map_err(|e| RuntimeError::Describe { name: name.clone(), reason: format!("{e:#}") })?;
-        plugin.commands = validate(specs).map_err(|reason| RuntimeError::Commands { name: name.clone(), reason })?;
+            .map_err(|e| RuntimeError::Describe {
+                name: name.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        plugin.commands = validate(specs).map_err(|reason| RuntimeError::Commands {
+            name: name.clone(),
+            reason,
+        })?;
         plugin.release(warm);
         drop(permit);
         Ok(plugin)
@@ -147,7 +159,10 @@ impl Plugin {
         warm.uses += 1;
 
         let call = async move {
-            let result = warm.bindings.call_invoke(&mut warm.store, command, args_json, kwargs_json).await;
+            let result = warm
+                .bindings
+                .call_invoke(&mut warm.store, command, args_json, kwargs_json)
+                .await;
             (warm, result)
         };
         let deadline_ms = limits.call_deadline.as_millis();
@@ -213,8 +228,16 @@ impl Plugin {
             }
         });
         store.set_epoch_deadline(1);
-        let bindings = self.pre.instantiate_async(&mut store).await.map_err(|e| format!("{e:#}"))?;
-        Ok(Warm { store, bindings, uses: 0 })
+        let bindings = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(Warm {
+            store,
+            bindings,
+            uses: 0,
+        })
     }
 
     fn take_idle(&self) -> Option<Warm> {
@@ -251,7 +274,9 @@ impl Drop for Plugin {
 }
 
 fn timeout(command: &str, deadline_ms: u128) -> CommandError {
-    CommandError::Timeout(format!("{command}: did not finish within its deadline of {deadline_ms} ms"))
+    CommandError::Timeout(format!(
+        "{command}: did not finish within its deadline of {deadline_ms} ms"
+    ))
 }
 
 /// Checks what `describe()` returned: names present and unique, versions semantic.
@@ -268,8 +293,12 @@ fn validate(specs: Vec<super::bindings::weft::plugin::types::CommandSpec>) -> Re
         if !seen.insert(spec.name.clone()) {
             return Err(format!("command `{}` is described twice", spec.name));
         }
-        let version = semver::Version::parse(&spec.version)
-            .map_err(|e| format!("command `{}`: version {:?} is not semantic: {e}", spec.name, spec.version))?;
+        let version = semver::Version::parse(&spec.version).map_err(|e| {
+            format!(
+                "command `{}`: version {:?} is not semantic: {e}",
+                spec.name, spec.version
+            )
+        })?;
         commands.push(CommandSpec {
             name: spec.name,
             resources: spec.resources,

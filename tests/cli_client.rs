@@ -1,0 +1,126 @@
+//! The `weft` command line against a running node.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::process::Output;
+
+use serde_json::{json, Value};
+use support::TestNode;
+
+fn weft(url: &str, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .env("WEFT_URL", url)
+        .output()
+        .unwrap()
+}
+
+fn stdout_json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+#[tokio::test]
+async fn call_prints_the_json_result() {
+    let node = TestNode::start(&["math", "text"], &[]).await;
+    let url = node.url().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        vec![
+            weft(&url, &["call", "math.add", "2", "3"]),
+            weft(&url, &["call", "text.upper", "hello world"]),
+            weft(&url, &["call", "math.stats", "[4, 1, 3]"]),
+            weft(
+                &url,
+                &["call", "math.mul", "--kw", "a=6", "--kw", "b=7", "--locs", "math"],
+            ),
+            weft(&url, &["call", "--url", &url, "echos", "-1", "{\"k\":true}", "plain"]),
+        ]
+    })
+    .await
+    .unwrap();
+    for o in &out {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(String::from_utf8_lossy(&out[0].stdout).trim(), "5");
+    assert_eq!(stdout_json(&out[1]), json!("HELLO WORLD"));
+    assert_eq!(stdout_json(&out[2])["median"], json!(3.0));
+    assert_eq!(stdout_json(&out[3]), json!(42));
+    assert_eq!(stdout_json(&out[4]), json!([-1, {"k": true}, "plain"]));
+}
+
+#[tokio::test]
+async fn call_fails_with_the_error_and_a_nonzero_exit() {
+    let node = TestNode::start(&["math"], &[]).await;
+    let url = node.url().to_string();
+    let (missing, bad_args, no_node) = tokio::task::spawn_blocking(move || {
+        (
+            weft(&url, &["call", "no.such.command"]),
+            weft(&url, &["call", "math.add", "1"]),
+            weft("ws://127.0.0.1:1", &["call", "echo", "1"]),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("1001") && stderr.contains("no.such.command"),
+        "{stderr}"
+    );
+    assert!(!bad_args.status.success());
+    assert!(String::from_utf8_lossy(&bad_args.stderr).contains("missing argument `b`"));
+    assert!(!no_node.status.success());
+    assert!(String::from_utf8_lossy(&no_node.stderr).contains("connecting to ws://127.0.0.1:1"));
+}
+
+#[tokio::test]
+async fn request_sends_a_multi_command_file() {
+    let node = TestNode::start(&["scenarios"], &[]).await;
+    let file = node.dir.path().join("request.json");
+    std::fs::write(
+        &file,
+        json!({"role": "rpc", "cmds": [
+            {"name": "s1", "fun": "first_step", "args": ["cli"]},
+            {"name": "s2", "fun": "second_step", "args": ["s1", 3]},
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let url = node.url().to_string();
+    let path = file.display().to_string();
+    let out = tokio::task::spawn_blocking(move || weft(&url, &["request", &path]))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        stdout_json(&out),
+        json!({"s2": {"final": "final_processed_cli", "computed": 126}})
+    );
+}
+
+#[tokio::test]
+async fn node_stops_cleanly_on_sigterm_and_sigint() {
+    for signal in ["-TERM", "-INT"] {
+        let mut node = TestNode::start(&["math"], &[]).await;
+        let client = node.client().await;
+        assert_eq!(
+            client
+                .call("math.add", vec![json!(1), json!(1)], support::no_kwargs(), &[])
+                .await
+                .unwrap(),
+            json!(2)
+        );
+        let pid = node.process.id().unwrap().to_string();
+        let killed = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = tokio::time::timeout(std::time::Duration::from_secs(10), node.process.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "{signal}: {status:?}");
+    }
+}
