@@ -4,14 +4,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 use crate::config::MAX_INFLIGHT_PER_CONNECTION;
 use crate::rpc::{codes, ErrorBody, Executor, Response};
@@ -56,70 +57,55 @@ async fn connection(stream: TcpStream, peer: SocketAddr, executor: Arc<Executor>
             return;
         }
     };
+    // Requests of one connection run concurrently inside this task, and replies are written
+    // from it as well: a request answered at once costs no task switch.
     let (mut sink, mut source) = ws.split();
-    let (replies, mut outbox) = mpsc::channel::<Message>(MAX_INFLIGHT_PER_CONNECTION);
-    let writer = tokio::spawn(async move {
-        while let Some(message) = outbox.recv().await {
-            if sink.feed(message).await.is_err() {
-                return;
-            }
-            // Write everything queued in one flush.
-            while let Ok(message) = outbox.try_recv() {
-                if sink.feed(message).await.is_err() {
+    let mut running = FuturesUnordered::new();
+    let mut reading = true;
+    while reading || !running.is_empty() {
+        tokio::select! {
+            Some(reply) = running.next(), if !running.is_empty() => {
+                if sink.feed(reply).await.is_err() {
+                    return;
+                }
+                // Every reply ready now goes out with one flush.
+                while let Some(Some(reply)) = running.next().now_or_never() {
+                    if sink.feed(reply).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
                     return;
                 }
             }
-            if sink.flush().await.is_err() {
-                return;
-            }
+            next = source.next(), if reading && running.len() < MAX_INFLIGHT_PER_CONNECTION => match next {
+                Some(Ok(Message::Text(text))) => running.push(answer(executor.clone(), text.into(), false)),
+                Some(Ok(Message::Binary(bytes))) => running.push(answer(executor.clone(), bytes, true)),
+                Some(Ok(Message::Close(_))) | None => reading = false,
+                Some(Ok(_)) => {}
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                    tracing::warn!(size, max_size, "closing connection: frame too large");
+                    let close = CloseFrame {
+                        code: CloseCode::Size,
+                        reason: format!("frame of {size} bytes exceeds the limit of {max_size} bytes").into(),
+                    };
+                    let _ = sink.send(Message::Close(Some(close))).await;
+                    return;
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "connection error");
+                    reading = false;
+                }
+            },
+            _ = shutdown.changed(), if reading => reading = false,
         }
-        let _ = sink.close().await;
-    });
-    let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT_PER_CONNECTION));
-    loop {
-        let next = tokio::select! {
-            next = source.next() => next,
-            _ = shutdown.changed() => break,
-        };
-        let (frame, binary) = match next {
-            Some(Ok(Message::Text(text))) => (bytes_of_text(text), false),
-            Some(Ok(Message::Binary(bytes))) => (bytes, true),
-            Some(Ok(Message::Close(_))) | None => break,
-            Some(Ok(_)) => continue,
-            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                tracing::warn!(size, max_size, "closing connection: frame too large");
-                let close = CloseFrame {
-                    code: CloseCode::Size,
-                    reason: format!("frame of {size} bytes exceeds the limit of {max_size} bytes").into(),
-                };
-                let _ = replies.send(Message::Close(Some(close))).await;
-                break;
-            }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "connection error");
-                break;
-            }
-        };
-        let Ok(permit) = inflight.clone().acquire_owned().await else {
-            break;
-        };
-        let executor = executor.clone();
-        let replies = replies.clone();
-        tokio::spawn(async move {
-            let response = executor.handle_frame(&frame).await;
-            let message = encode(&response, binary);
-            let _ = replies.send(message).await;
-            drop(permit);
-        });
     }
-    // Let requests in flight answer before the writer closes the socket.
-    let _ = inflight.acquire_many(MAX_INFLIGHT_PER_CONNECTION as u32).await;
-    drop(replies);
-    let _ = writer.await;
+    let _ = sink.close().await;
 }
 
-fn bytes_of_text(text: tokio_tungstenite::tungstenite::Utf8Bytes) -> tokio_tungstenite::tungstenite::Bytes {
-    text.into()
+async fn answer(executor: Arc<Executor>, frame: Bytes, binary: bool) -> Message {
+    let response = executor.handle_frame(&frame).await;
+    encode(&response, binary)
 }
 
 fn encode(response: &Response, binary: bool) -> Message {

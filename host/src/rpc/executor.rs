@@ -236,9 +236,9 @@ impl Executor {
             Some(me) => me,
             None => return Err(CommandError::Failed("the node is shutting down".into())),
         };
-        let json = plugin
-            .invoke(fun, &args_json, &kwargs_json, context, host_calls)
-            .await?;
+        // Boxed: the wasmtime call future is large, and requests that never reach a plugin
+        // should not carry (and move) its space.
+        let json = Box::pin(plugin.invoke(fun, &args_json, &kwargs_json, context, host_calls)).await?;
         serde_json::from_str(&json)
             .map_err(|e| CommandError::Failed(format!("{fun}: the plugin returned invalid JSON: {e}")))
     }
@@ -326,4 +326,17 @@ fn command_error(cmd: &RequestCommand, error: CommandError) -> ErrorBody {
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_futures_stay_small() {
+        // Every in-flight request keeps one of these futures; large ones cost memory and copies.
+        let executor = Executor::new(Limits::default(), Vec::new());
+        let size = std::mem::size_of_val(&executor.handle_frame(b"{}"));
+        assert!(size <= 2048, "handle_frame future is {size} bytes");
+    }
 }
