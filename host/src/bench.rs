@@ -63,23 +63,25 @@ pub async fn measure(
     let connections = in_flight.div_ceil(16).max(1);
     let per_connection = in_flight.div_ceil(connections);
     let warmup = duration / 4;
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..connections {
-        let url = url.to_string();
-        tasks.push(tokio::spawn(drive(
-            url,
-            make_request,
-            per_connection,
-            c as u64,
-            start + warmup,
-            start + warmup + duration,
-        )));
-    }
+    // The generator runs on one thread of its own (a current-thread runtime), so that it takes
+    // at most one core and the measured server gets the other, whichever server it is.
+    let url = url.to_string();
+    let generator = std::thread::spawn(move || -> anyhow::Result<Vec<(Vec<u64>, u64)>> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            let start = Instant::now();
+            let drivers = (0..connections).map(|c| {
+                drive(url.clone(), make_request, per_connection, c as u64, start + warmup, start + warmup + duration)
+            });
+            futures_util::future::join_all(drivers).await.into_iter().collect()
+        })
+    });
+    let outcomes = tokio::task::spawn_blocking(move || generator.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the load generator thread panicked"))??;
     let mut latencies = Vec::new();
     let mut errors = 0;
-    for task in tasks {
-        let (mut l, e) = task.await??;
+    for (mut l, e) in outcomes {
         latencies.append(&mut l);
         errors += e;
     }

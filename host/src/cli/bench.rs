@@ -76,9 +76,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let duration = Duration::from_secs_f64(args.seconds.max(0.1));
 
     let targets = [
-        Target { label: LIMIT, url: raw.url(), request: echo_request },
-        Target { label: "weft built-in `echo`", url: node.url(), request: echo_request },
-        Target { label: "weft Rust plugin `math.add`", url: node.url(), request: add_request },
+        Target {
+            label: LIMIT,
+            url: raw.url(),
+            request: echo_request,
+        },
+        Target {
+            label: "weft built-in `echo`",
+            url: node.url(),
+            request: echo_request,
+        },
+        Target {
+            label: "weft Rust plugin `math.add`",
+            url: node.url(),
+            request: add_request,
+        },
     ];
     let mut rows: Vec<(&str, usize, Stats)> = Vec::new();
     for &in_flight in &args.in_flight {
