@@ -240,3 +240,33 @@ async fn cycles_duplicates_and_bad_references_are_clear_errors() {
     assert_eq!(error_code(&response), Some(1003));
     assert!(error_details(&response).contains("no field `missing`"), "{response}");
 }
+
+#[tokio::test]
+async fn references_cannot_multiply_a_request() {
+    // Each level doubles the previous one; resolved naively, 40 levels would need 2^40 values.
+    let node = TestNode::start(&[], &["--max-frame-bytes=1048576"]).await;
+    let client = node.client().await;
+    let mut cmds = vec![cmd("l0", "echos", json!(["x", "x"]))];
+    for i in 1..40 {
+        let previous = format!("l{}", i - 1);
+        cmds.push(cmd(&format!("l{i}"), "echos", json!([previous, previous])));
+    }
+    let response = client.request(rpc(json!(cmds))).await.unwrap();
+    assert_eq!(error_code(&response), Some(1003), "{response}");
+    assert!(error_details(&response).contains("request size limit"), "{response}");
+    let echoed = client
+        .call("echo", vec![json!("alive")], support::no_kwargs(), &[])
+        .await
+        .unwrap();
+    assert_eq!(echoed, json!("alive"));
+}
+
+#[tokio::test]
+async fn requests_over_the_command_limit_are_refused() {
+    let node = TestNode::start(&[], &[]).await;
+    let client = node.client().await;
+    let cmds: Vec<_> = (0..1001).map(|i| cmd(&format!("c{i}"), "echo", json!([i]))).collect();
+    let response = client.request(rpc(json!(cmds))).await.unwrap();
+    assert_eq!(error_code(&response), Some(1002), "{response}");
+    assert!(error_details(&response).contains("at most 1000 commands"), "{response}");
+}

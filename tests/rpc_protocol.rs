@@ -283,3 +283,29 @@ async fn two_hundred_concurrent_requests_on_one_socket() {
         "requests were not served concurrently: {elapsed:?}"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_stall_other_callers() {
+    // Two instance slots for client calls: if a stalled connection held them, every other
+    // plugin call would wait.
+    let node = TestNode::start(&["scenarios", "math"], &["--max-instances=4"]).await;
+    let (mut stalled, _) = tokio_tungstenite::connect_async(node.url()).await.unwrap();
+    let tag = "z".repeat(64 * 1024);
+    for i in 0..300 {
+        let frame = json!({"role": "rpc", "u": format!("s{i}"), "cmds": [cmd("a", "testing.sleep", json!([5, tag]))]});
+        stalled.feed(Message::Text(frame.to_string().into())).await.unwrap();
+    }
+    stalled.flush().await.unwrap();
+    // 300 replies of 64 KiB (about 19 MiB) fill the socket long before they are all written.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let client = node.client().await;
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.call("math.add", vec![json!(20), json!(22)], no_kwargs(), &[]),
+    )
+    .await
+    .expect("a call on another connection is served while one client does not read")
+    .unwrap();
+    assert_eq!(answer, json!(42));
+    drop(stalled);
+}

@@ -186,6 +186,36 @@ async fn a_plugin_calls_other_commands_through_the_host() {
 }
 
 #[tokio::test]
+async fn nested_calls_never_wait_for_slots_their_callers_hold() {
+    // One slot for client calls: the nested `math.stats` and `text.upper` calls of
+    // `pipeline.report` must run on their caller's slot, concurrently with other clients.
+    let node = TestNode::start(&["pipeline", "math", "text"], &["--max-instances=2"]).await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let url = node.url().to_string();
+        tasks.push(tokio::spawn(async move {
+            let client = Client::connect(&url).await.unwrap();
+            client
+                .call(
+                    "pipeline.report",
+                    vec![json!(format!("r{i}")), json!([1, 2, 3])],
+                    no_kwargs(),
+                    &[],
+                )
+                .await
+        }));
+    }
+    for task in tasks {
+        let report = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("no deadlock")
+            .unwrap()
+            .unwrap();
+        assert_eq!(report["stats"]["sum"], json!(6.0));
+    }
+}
+
+#[tokio::test]
 async fn a_failed_host_call_reaches_the_caller_as_an_error() {
     // `pipeline` without `text`: its `text.upper` call finds nothing.
     let node = TestNode::start(&["pipeline", "math"], &[]).await;

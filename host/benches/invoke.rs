@@ -18,39 +18,72 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/plugins/math.wasm");
-    let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e} (run scripts/build-plugins)", path.display()))?;
+    let bytes =
+        std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e} (run scripts/build-plugins)", path.display()))?;
     for reuse in [10_000, 1] {
-        let limits = Limits { instance_reuse: reuse, ..Limits::default() };
+        let limits = Limits {
+            instance_reuse: reuse,
+            ..Limits::default()
+        };
         let rt = Runtime::new(limits.clone())?;
         let plugin = Arc::new(rt.load("math", bytes.clone()).await?);
         let executor = Executor::new(limits.clone(), Vec::new());
-        executor.set_table(CommandTable::build(&[plugin.clone()], &[]));
+        executor.set_table(CommandTable::build(std::slice::from_ref(&plugin), &[]));
         let host_calls: Arc<dyn HostCalls> = executor.clone();
         let n = if reuse == 1 { 2_000 } else { 100_000 };
 
         let started = Instant::now();
         for _ in 0..n {
-            let context = CallContext { deadline: tokio::time::Instant::now() + Duration::from_secs(5), depth: 0 };
-            plugin.invoke("math.add", "[2,3]", "{}", context, host_calls.clone()).await?;
+            let context = context(&limits);
+            plugin
+                .invoke("math.add", "[2,3]", "{}", context, host_calls.clone())
+                .await?;
         }
-        println!("instance reuse {reuse:>5}: plugin.invoke       {:>7.0} ns/call", ns(started, n));
+        println!(
+            "instance reuse {reuse:>5}: plugin.invoke       {:>7.0} ns/call",
+            ns(started, n)
+        );
 
         let started = Instant::now();
         for _ in 0..n {
-            let context = CallContext { deadline: tokio::time::Instant::now() + Duration::from_secs(5), depth: 0 };
-            executor.dispatch("math.add", vec![json!(2), json!(3)], Map::new(), &Selector::default(), context).await?;
+            let context = context(&limits);
+            executor
+                .dispatch(
+                    "math.add",
+                    vec![json!(2), json!(3)],
+                    Map::new(),
+                    &Selector::default(),
+                    context,
+                )
+                .await?;
         }
-        println!("instance reuse {reuse:>5}: executor.dispatch   {:>7.0} ns/call", ns(started, n));
+        println!(
+            "instance reuse {reuse:>5}: executor.dispatch   {:>7.0} ns/call",
+            ns(started, n)
+        );
 
-        let frame = br#"{"role":"rpc","u":"1","cmds":[{"name":"r","fun":"math.add","args":[2,3],"kwargs":{},"locs":[]}]}"#;
+        let frame =
+            br#"{"role":"rpc","u":"1","cmds":[{"name":"r","fun":"math.add","args":[2,3],"kwargs":{},"locs":[]}]}"#;
         let started = Instant::now();
         for _ in 0..n {
             let response = executor.handle_frame(frame).await;
             std::hint::black_box(serde_json::to_string(&response)?);
         }
-        println!("instance reuse {reuse:>5}: request frame → JSON {:>7.0} ns/call", ns(started, n));
+        println!(
+            "instance reuse {reuse:>5}: request frame → JSON {:>7.0} ns/call",
+            ns(started, n)
+        );
     }
     Ok(())
+}
+
+fn context(limits: &Limits) -> CallContext {
+    CallContext {
+        deadline: tokio::time::Instant::now() + Duration::from_secs(5),
+        budget: Duration::from_secs(5),
+        depth: 0,
+        memory_limit_bytes: limits.memory_limit_bytes,
+    }
 }
 
 fn ns(started: Instant, n: u32) -> f64 {

@@ -71,7 +71,14 @@ pub async fn measure(
         runtime.block_on(async move {
             let start = Instant::now();
             let drivers = (0..connections).map(|c| {
-                drive(url.clone(), make_request, per_connection, c as u64, start + warmup, start + warmup + duration)
+                drive(
+                    url.clone(),
+                    make_request,
+                    per_connection,
+                    c as u64,
+                    start + warmup,
+                    start + warmup + duration,
+                )
             });
             futures_util::future::join_all(drivers).await.into_iter().collect()
         })

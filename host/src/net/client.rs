@@ -2,7 +2,7 @@
 //! number of concurrent requests, matched to their responses by `u`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
@@ -34,6 +34,8 @@ pub enum ClientError {
 pub struct Client {
     outbox: mpsc::Sender<Message>,
     pending: Pending,
+    /// Set once the connection's reader has stopped: no response can arrive any more.
+    closed: Arc<AtomicBool>,
     next: AtomicU64,
     prefix: String,
 }
@@ -68,6 +70,8 @@ impl Client {
             let _ = sink.close().await;
         });
         let reader_pending = pending.clone();
+        let closed = Arc::new(AtomicBool::new(false));
+        let reader_closed = closed.clone();
         tokio::spawn(async move {
             while let Some(Ok(message)) = source.next().await {
                 let bytes = match message {
@@ -86,6 +90,7 @@ impl Client {
                 }
             }
             // Dropping the waiters tells every caller the connection closed.
+            reader_closed.store(true, Ordering::SeqCst);
             if let Ok(mut p) = reader_pending.lock() {
                 p.clear();
             }
@@ -94,6 +99,7 @@ impl Client {
         Ok(Client {
             outbox,
             pending,
+            closed,
             next: AtomicU64::new(0),
             prefix,
         })
@@ -117,8 +123,16 @@ impl Client {
     /// Sends any frame and waits for the response whose `u` is `u`.
     pub async fn send_frame(&self, frame: Message, u: String) -> Result<Value, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().map_err(|_| ClientError::Closed)?.insert(u, tx);
-        self.outbox.send(frame).await.map_err(|_| ClientError::Closed)?;
+        self.pending
+            .lock()
+            .map_err(|_| ClientError::Closed)?
+            .insert(u.clone(), tx);
+        if self.closed.load(Ordering::SeqCst) || self.outbox.send(frame).await.is_err() {
+            if let Ok(mut pending) = self.pending.lock() {
+                pending.remove(&u);
+            }
+            return Err(ClientError::Closed);
+        }
         rx.await.map_err(|_| ClientError::Closed)
     }
 

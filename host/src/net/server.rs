@@ -4,7 +4,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use futures_util::stream::FuturesUnordered;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::task::{ready, Context, Poll};
+
+use futures_util::stream::{FuturesUnordered, SplitSink};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -13,8 +17,12 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::config::MAX_INFLIGHT_PER_CONNECTION;
+
+/// How long a closing connection may take to send its close frame.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::rpc::{codes, ErrorBody, Executor, Response};
 
 /// Accepts client connections until `shutdown` turns true, then waits for connections to end.
@@ -58,27 +66,29 @@ async fn connection(stream: TcpStream, peer: SocketAddr, executor: Arc<Executor>
         }
     };
     // Requests of one connection run concurrently inside this task, and replies are written
-    // from it as well: a request answered at once costs no task switch.
+    // from it as well: a request answered at once costs no task switch. Writing never blocks
+    // the requests: replies wait in `outbox` while the socket is full, and reading pauses while
+    // running requests and unwritten replies together reach the per-connection limit.
     let (mut sink, mut source) = ws.split();
     let mut running = FuturesUnordered::new();
+    let mut outbox: VecDeque<Message> = VecDeque::new();
+    let mut unflushed = false;
     let mut reading = true;
-    while reading || !running.is_empty() {
+    while reading || !running.is_empty() || !outbox.is_empty() || unflushed {
         tokio::select! {
             Some(reply) = running.next(), if !running.is_empty() => {
-                if sink.feed(reply).await.is_err() {
-                    return;
-                }
-                // Every reply ready now goes out with one flush.
+                outbox.push_back(reply);
                 while let Some(Some(reply)) = running.next().now_or_never() {
-                    if sink.feed(reply).await.is_err() {
-                        return;
-                    }
+                    outbox.push_back(reply);
                 }
-                if sink.flush().await.is_err() {
+            }
+            written = poll_fn(|cx| write_some(&mut sink, &mut outbox, &mut unflushed, cx)), if !outbox.is_empty() || unflushed => {
+                if let Err(e) = written {
+                    tracing::debug!(error = %e, "writing to the connection failed");
                     return;
                 }
             }
-            next = source.next(), if reading && running.len() < MAX_INFLIGHT_PER_CONNECTION => match next {
+            next = source.next(), if reading && running.len() + outbox.len() < MAX_INFLIGHT_PER_CONNECTION => match next {
                 Some(Ok(Message::Text(text))) => running.push(answer(executor.clone(), text.into(), false)),
                 Some(Ok(Message::Binary(bytes))) => running.push(answer(executor.clone(), bytes, true)),
                 Some(Ok(Message::Close(_))) | None => reading = false,
@@ -89,7 +99,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, executor: Arc<Executor>
                         code: CloseCode::Size,
                         reason: format!("frame of {size} bytes exceeds the limit of {max_size} bytes").into(),
                     };
-                    let _ = sink.send(Message::Close(Some(close))).await;
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(close)))).await;
                     return;
                 }
                 Some(Err(e)) => {
@@ -100,7 +110,26 @@ async fn connection(stream: TcpStream, peer: SocketAddr, executor: Arc<Executor>
             _ = shutdown.changed(), if reading => reading = false,
         }
     }
-    let _ = sink.close().await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+}
+
+/// Moves queued replies into the socket and flushes; ready once everything is flushed.
+fn write_some(
+    sink: &mut SplitSink<WebSocketStream<TcpStream>, Message>,
+    outbox: &mut VecDeque<Message>,
+    unflushed: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), WsError>> {
+    while !outbox.is_empty() {
+        ready!(sink.poll_ready_unpin(cx))?;
+        if let Some(message) = outbox.pop_front() {
+            sink.start_send_unpin(message)?;
+            *unflushed = true;
+        }
+    }
+    ready!(sink.poll_flush_unpin(cx))?;
+    *unflushed = false;
+    Poll::Ready(Ok(()))
 }
 
 async fn answer(executor: Arc<Executor>, frame: Bytes, binary: bool) -> Message {

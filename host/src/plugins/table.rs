@@ -48,6 +48,10 @@ impl CommandTable {
         let mut by_name: HashMap<String, LocalCommand> = HashMap::new();
         for plugin in sorted {
             for spec in plugin.commands() {
+                if crate::rpc::BUILTIN_COMMANDS.contains(&spec.name.as_str()) {
+                    tracing::error!(command = %spec.name, plugin = plugin.name(), "a plugin may not serve a built-in command");
+                    continue;
+                }
                 if let Some(existing) = by_name.get(&spec.name) {
                     tracing::error!(
                         command = %spec.name,
@@ -91,10 +95,8 @@ impl CommandTable {
             }
         }
         if let Some(constraint) = &selector.version_constraint {
-            let req = semver::VersionReq::parse(constraint).map_err(|e| {
-                CommandError::InvalidArgs(format!("version_constraint {constraint:?} is not valid: {e}"))
-            })?;
-            if !req.matches(&command.version) {
+            // Validated when the request was parsed; an unparsable one matches nothing.
+            if !semver::VersionReq::parse(constraint).is_ok_and(|req| req.matches(&command.version)) {
                 return Err(CommandError::NotFound(format!(
                     "command `{name}` not found with version {constraint} (available: {})",
                     command.version

@@ -3,6 +3,39 @@
 use serde_json::{Map, Value};
 
 use crate::error::CommandError;
+use crate::plugins::Selector;
+
+/// Built-ins carry the node's version and resource tags.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Checks a call's selector against a built-in: its tags are the node's, its version the node's.
+pub fn select(name: &str, selector: &Selector, node_tags: &[String]) -> Result<(), CommandError> {
+    if let Some(missing) = selector.locs.iter().find(|tag| !node_tags.contains(tag)) {
+        return Err(CommandError::NotFound(format!(
+            "command `{name}` not found with resources {:?} (this node does not carry `{missing}`)",
+            selector.locs
+        )));
+    }
+    if let Some(id) = &selector.function_id {
+        if *id != format!("{name}@{VERSION}") {
+            return Err(CommandError::NotFound(format!(
+                "command `{name}` not found with function_id `{id}`"
+            )));
+        }
+    }
+    if let Some(constraint) = &selector.version_constraint {
+        let matches = semver::VersionReq::parse(constraint)
+            .ok()
+            .zip(semver::Version::parse(VERSION).ok())
+            .is_some_and(|(req, version)| req.matches(&version));
+        if !matches {
+            return Err(CommandError::NotFound(format!(
+                "command `{name}` not found with version {constraint} (available: {VERSION})"
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// Names of the built-in commands.
 pub const NAMES: [&str; 2] = ["echo", "echos"];

@@ -1,11 +1,12 @@
 //! Runs requests: plans them, runs each level's commands concurrently, routes each command
 //! to a built-in or a local plugin, and assembles the response.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::builtins;
@@ -56,7 +57,7 @@ impl Executor {
     pub async fn handle_frame(&self, frame: &[u8]) -> Response {
         if frame.len() > self.limits.max_frame_bytes {
             return Response::error(
-                Value::Null,
+                protocol::request_id(frame),
                 ErrorBody::new(
                     codes::INVALID_REQUEST,
                     format!(
@@ -162,57 +163,70 @@ impl Executor {
         }
     }
 
-    /// Runs the commands of one level concurrently (on separate tasks when there are several).
+    /// Runs the commands of one level concurrently (on separate tasks when there are several;
+    /// they are aborted if the request is dropped).
     async fn run_level(
         &self,
         level: &[usize],
         cmds: &[RequestCommand],
         results: &HashMap<String, Value>,
     ) -> Vec<Result<Value, CommandError>> {
-        let deadline = Instant::now() + self.limits.call_deadline;
-        let context = CallContext { deadline, depth: 0 };
-        let mut prepared = Vec::with_capacity(level.len());
-        for &i in level {
-            let cmd = &cmds[i];
-            prepared.push(
-                resolve_args(cmd, results).map(|(args, kwargs)| (cmd.fun.clone(), args, kwargs, cmd.selector.clone())),
-            );
-        }
+        let context = self.client_context();
+        let names: HashSet<&str> = results.keys().map(String::as_str).collect();
+        let budget = self.limits.max_frame_bytes;
+        let mut prepared: Vec<_> = level
+            .iter()
+            .map(|&i| {
+                let cmd = &cmds[i];
+                resolve_args(cmd, results, &names, budget)
+                    .map(|(args, kwargs)| (cmd.fun.clone(), args, kwargs, cmd.selector.clone()))
+            })
+            .collect();
         if prepared.len() == 1 {
-            let single = prepared.pop().map(|p| async move {
-                let (fun, args, kwargs, selector) = p?;
-                self.dispatch(&fun, args, kwargs, &selector, context).await
-            });
-            return match single {
-                Some(future) => vec![future.await],
+            return match prepared.pop() {
+                Some(Ok((fun, args, kwargs, selector))) => {
+                    vec![self.dispatch(&fun, args, kwargs, &selector, context).await]
+                }
+                Some(Err(e)) => vec![Err(e)],
                 None => Vec::new(),
             };
         }
         let Some(me) = self.me.upgrade() else {
-            return prepared
-                .into_iter()
-                .map(|_| Err(CommandError::Failed("the node is shutting down".into())))
-                .collect();
+            return prepared.iter().map(|_| Err(shutting_down())).collect();
         };
-        let handles: Vec<_> = prepared
-            .into_iter()
-            .map(|p| {
-                let me = me.clone();
-                tokio::spawn(async move {
-                    let (fun, args, kwargs, selector) = p?;
-                    me.dispatch(&fun, args, kwargs, &selector, context).await
-                })
-            })
-            .collect();
-        let mut outcomes = Vec::with_capacity(handles.len());
-        for handle in handles {
-            outcomes.push(
-                handle
-                    .await
-                    .unwrap_or_else(|e| Err(CommandError::Failed(format!("command task failed: {e}")))),
-            );
+        let mut tasks = JoinSet::new();
+        for (slot, p) in prepared.into_iter().enumerate() {
+            let me = me.clone();
+            tasks.spawn(async move {
+                let outcome = match p {
+                    Ok((fun, args, kwargs, selector)) => me.dispatch(&fun, args, kwargs, &selector, context).await,
+                    Err(e) => Err(e),
+                };
+                (slot, outcome)
+            });
+        }
+        let mut outcomes: Vec<Result<Value, CommandError>> = level.iter().map(|_| Err(shutting_down())).collect();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((slot, outcome)) => {
+                    if let Some(place) = outcomes.get_mut(slot) {
+                        *place = outcome;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "a command task failed"),
+            }
         }
         outcomes
+    }
+
+    /// The context of a call made by a client: a fresh deadline, depth 0.
+    fn client_context(&self) -> CallContext {
+        CallContext {
+            deadline: Instant::now() + self.limits.call_deadline,
+            budget: self.limits.call_deadline,
+            depth: 0,
+            memory_limit_bytes: self.limits.memory_limit_bytes,
+        }
     }
 
     /// Runs one command on this node: a built-in or a local plugin.
@@ -224,7 +238,8 @@ impl Executor {
         selector: &Selector,
         context: CallContext,
     ) -> Result<Value, CommandError> {
-        if builtins::NAMES.contains(&fun) && selector.locs.iter().all(|l| self.node_tags.contains(l)) {
+        if builtins::NAMES.contains(&fun) {
+            builtins::select(fun, selector, &self.node_tags)?;
             return builtins::run(fun, args, kwargs);
         }
         let table = self.table();
@@ -287,28 +302,36 @@ impl HostCalls for Executor {
                 locs: call.resources,
                 ..Selector::default()
             };
-            let context = CallContext {
-                deadline: call.parent.deadline,
-                depth,
-            };
+            let context = CallContext { depth, ..call.parent };
             let value = me.dispatch(&call.command, args, kwargs, &selector, context).await?;
             Ok(value.to_string())
         })
     }
 }
 
+/// The command's arguments with every reference replaced by the result it names; at most
+/// `budget` bytes of results are copied in (a request must not multiply itself by reference).
 fn resolve_args(
     cmd: &RequestCommand,
     results: &HashMap<String, Value>,
+    names: &HashSet<&str>,
+    mut budget: usize,
 ) -> Result<(Vec<Value>, Map<String, Value>), CommandError> {
-    let resolve = |v: &Value| substitute(v, results).map_err(CommandError::InvalidArgs);
-    let args = cmd.args.iter().map(resolve).collect::<Result<Vec<_>, _>>()?;
+    let mut resolve = |v: &Value| {
+        substitute(v, results, names, &mut budget)
+            .map_err(|e| CommandError::InvalidArgs(format!("`{}`: {e}", cmd.name)))
+    };
+    let args = cmd.args.iter().map(&mut resolve).collect::<Result<Vec<_>, _>>()?;
     let kwargs = cmd
         .kwargs
         .iter()
         .map(|(k, v)| Ok((k.clone(), resolve(v)?)))
         .collect::<Result<Map<_, _>, CommandError>>()?;
     Ok((args, kwargs))
+}
+
+fn shutting_down() -> CommandError {
+    CommandError::Failed("the node is shutting down".into())
 }
 
 fn command_error(cmd: &RequestCommand, error: CommandError) -> ErrorBody {

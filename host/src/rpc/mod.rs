@@ -6,5 +6,6 @@ mod executor;
 mod plan;
 mod protocol;
 
+pub use builtins::NAMES as BUILTIN_COMMANDS;
 pub use executor::Executor;
 pub use protocol::{codes, ErrorBody, Request, RequestCommand, Response};

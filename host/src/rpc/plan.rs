@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
-use super::protocol::RequestCommand;
+use super::protocol::{RequestCommand, MAX_NAME_BYTES};
 
 /// The order in which a request's commands run.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,8 +34,8 @@ pub fn plan(cmds: &[RequestCommand]) -> Result<Plan, String> {
     for cmd in cmds {
         let mut found = HashSet::new();
         let mut visit = |s: &str| {
-            if let Some((name, _)) = reference(s, &names) {
-                found.insert(index[name]);
+            if let Some(&i) = reference(s, &names).and_then(|(name, _)| index.get(name)) {
+                found.insert(i);
             }
         };
         cmd.args.iter().for_each(|v| walk_strings(v, &mut visit));
@@ -46,27 +46,37 @@ pub fn plan(cmds: &[RequestCommand]) -> Result<Plan, String> {
         deps.push(found);
     }
 
-    let mut level_of: Vec<Option<usize>> = vec![None; cmds.len()];
+    // Kahn's algorithm, a level at a time: O(commands + references).
+    let mut waiting: Vec<usize> = deps.iter().map(HashSet::len).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); cmds.len()];
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            dependents[d].push(i);
+        }
+    }
     let mut levels: Vec<Vec<usize>> = Vec::new();
+    let mut ready: Vec<usize> = (0..cmds.len()).filter(|&i| waiting[i] == 0).collect();
     let mut placed = 0;
-    while placed < cmds.len() {
-        let ready: Vec<usize> = (0..cmds.len())
-            .filter(|&i| {
-                level_of[i].is_none() && deps[i].iter().all(|&d| level_of[d].is_some_and(|l| l < levels.len()))
-            })
-            .collect();
-        if ready.is_empty() {
-            let stuck: Vec<&str> = (0..cmds.len())
-                .filter(|&i| level_of[i].is_none())
-                .map(|i| cmds[i].name.as_str())
-                .collect();
-            return Err(format!("dependency cycle among commands {stuck:?}"));
-        }
-        for &i in &ready {
-            level_of[i] = Some(levels.len());
-        }
+    while !ready.is_empty() {
         placed += ready.len();
-        levels.push(ready);
+        let mut next = Vec::new();
+        for &i in &ready {
+            for &j in &dependents[i] {
+                waiting[j] -= 1;
+                if waiting[j] == 0 {
+                    next.push(j);
+                }
+            }
+        }
+        next.sort_unstable();
+        levels.push(std::mem::replace(&mut ready, next));
+    }
+    if placed < cmds.len() {
+        let stuck: Vec<&str> = (0..cmds.len())
+            .filter(|&i| waiting[i] > 0)
+            .map(|i| cmds[i].name.as_str())
+            .collect();
+        return Err(format!("dependency cycle among commands {stuck:?}"));
     }
     Ok(Plan { levels, consumed })
 }
@@ -74,12 +84,16 @@ pub fn plan(cmds: &[RequestCommand]) -> Result<Plan, String> {
 /// If `s` refers to a command: that command's name and the field path after it. The longest
 /// matching name wins, so names may themselves contain dots.
 fn reference<'a>(s: &'a str, names: &HashSet<&str>) -> Option<(&'a str, Option<&'a str>)> {
-    if names.contains(s) {
+    if s.len() <= MAX_NAME_BYTES && names.contains(s) {
         return Some((s, None));
     }
-    s.char_indices()
+    // Names are at most MAX_NAME_BYTES long, so only dots within that prefix can end one.
+    let window = &s.as_bytes()[..s.len().min(MAX_NAME_BYTES + 1)];
+    window
+        .iter()
+        .enumerate()
         .rev()
-        .filter(|&(_, c)| c == '.')
+        .filter(|&(_, &b)| b == b'.')
         .map(|(i, _)| (&s[..i], &s[i + 1..]))
         .find(|(name, _)| names.contains(name))
         .map(|(name, path)| (name, Some(path)))
@@ -94,31 +108,54 @@ fn walk_strings(value: &Value, visit: &mut impl FnMut(&str)) {
     }
 }
 
-/// Replaces every reference in `value` by the result it names.
-pub fn substitute(value: &Value, results: &HashMap<String, Value>) -> Result<Value, String> {
-    let names: HashSet<&str> = results.keys().map(String::as_str).collect();
-    substitute_with(value, results, &names)
-}
-
-fn substitute_with(value: &Value, results: &HashMap<String, Value>, names: &HashSet<&str>) -> Result<Value, String> {
+/// Replaces every reference in `value` by the result it names, charging the size of every
+/// copied result to `budget`.
+pub fn substitute(
+    value: &Value,
+    results: &HashMap<String, Value>,
+    names: &HashSet<&str>,
+    budget: &mut usize,
+) -> Result<Value, String> {
     Ok(match value {
-        Value::String(s) => match reference(s, names) {
-            Some((name, path)) => lookup(&results[name], name, path)?,
+        Value::String(s) => match reference(s, names).and_then(|(name, path)| Some((results.get(name)?, name, path))) {
+            Some((result, name, path)) => {
+                let found = lookup(result, name, path)?;
+                let size = approximate_size(&found);
+                *budget = budget.checked_sub(size).ok_or_else(|| {
+                    "arguments grow past the request size limit when references are resolved".to_string()
+                })?;
+                found
+            }
             None => value.clone(),
         },
         Value::Array(items) => Value::Array(
             items
                 .iter()
-                .map(|v| substitute_with(v, results, names))
+                .map(|v| substitute(v, results, names, budget))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Object(map) => Value::Object(
             map.iter()
-                .map(|(k, v)| Ok((k.clone(), substitute_with(v, results, names)?)))
+                .map(|(k, v)| Ok((k.clone(), substitute(v, results, names, budget)?)))
                 .collect::<Result<Map<_, _>, String>>()?,
         ),
         other => other.clone(),
     })
+}
+
+/// About how many bytes `value` takes as JSON text.
+fn approximate_size(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => items.iter().map(approximate_size).sum::<usize>() + 2,
+        Value::Object(map) => {
+            map.iter()
+                .map(|(k, v)| k.len() + 3 + approximate_size(v))
+                .sum::<usize>()
+                + 2
+        }
+    }
 }
 
 fn lookup(result: &Value, name: &str, path: Option<&str>) -> Result<Value, String> {
@@ -179,9 +216,26 @@ mod tests {
     #[test]
     fn substitution_navigates_fields_and_indices() {
         let results = HashMap::from([("s.1".to_string(), json!({"x": [10, {"y": "deep"}]}))]);
-        let out = substitute(&json!(["s.1.x.1.y", {"k": "s.1.x.0"}, "s.1", "other"]), &results).unwrap();
+        let names: HashSet<&str> = results.keys().map(String::as_str).collect();
+        let mut budget = 1 << 20;
+        let out = substitute(
+            &json!(["s.1.x.1.y", {"k": "s.1.x.0"}, "s.1", "other"]),
+            &results,
+            &names,
+            &mut budget,
+        )
+        .unwrap();
         assert_eq!(out, json!(["deep", {"k": 10}, {"x": [10, {"y": "deep"}]}, "other"]));
-        let err = substitute(&json!("s.1.nope"), &results).unwrap_err();
+        let err = substitute(&json!("s.1.nope"), &results, &names, &mut budget).unwrap_err();
         assert!(err.contains("no field `nope`"), "{err}");
+    }
+
+    #[test]
+    fn substitution_cannot_multiply_a_request() {
+        let results = HashMap::from([("big".to_string(), json!("x".repeat(1000)))]);
+        let names: HashSet<&str> = results.keys().map(String::as_str).collect();
+        let mut budget = 10_000;
+        let err = substitute(&json!(vec!["big"; 20]), &results, &names, &mut budget).unwrap_err();
+        assert!(err.contains("size limit"), "{err}");
     }
 }

@@ -18,6 +18,12 @@ pub mod codes {
     pub const TIMEOUT_OR_ROLE: i64 = 1004;
 }
 
+/// Most commands one request may hold.
+pub const MAX_COMMANDS: usize = 1000;
+
+/// Longest command `name` (the name results are referred to by).
+pub const MAX_NAME_BYTES: usize = 256;
+
 /// One command of a request.
 #[derive(Debug, Clone)]
 pub struct RequestCommand {
@@ -158,6 +164,15 @@ pub fn parse(frame: &[u8]) -> Result<Request, (Value, ErrorBody)> {
     if cmds.is_empty() {
         return fail(codes::INVALID_REQUEST, "field `cmds` is empty".into());
     }
+    if cmds.len() > MAX_COMMANDS {
+        return fail(
+            codes::INVALID_REQUEST,
+            format!(
+                "a request may hold at most {MAX_COMMANDS} commands, this one has {}",
+                cmds.len()
+            ),
+        );
+    }
     let mut parsed = Vec::with_capacity(cmds.len());
     for (index, cmd) in cmds.into_iter().enumerate() {
         match parse_command(cmd) {
@@ -213,6 +228,13 @@ fn parse_command(value: Value) -> Result<RequestCommand, String> {
     if name.is_empty() {
         return Err("field `name` is empty".into());
     }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!("field `name` is longer than {MAX_NAME_BYTES} bytes"));
+    }
+    if let Some(constraint) = &version_constraint {
+        semver::VersionReq::parse(constraint)
+            .map_err(|e| format!("field `version_constraint` {constraint:?} is not a semver requirement: {e}"))?;
+    }
     Ok(RequestCommand {
         name,
         fun,
@@ -224,4 +246,17 @@ fn parse_command(value: Value) -> Result<RequestCommand, String> {
             version_constraint,
         },
     })
+}
+
+/// The `u` of a request that is not otherwise parsed (an oversized one), so that its error
+/// still reaches the waiting caller.
+pub fn request_id(frame: &[u8]) -> Value {
+    #[derive(serde::Deserialize)]
+    struct OnlyU {
+        #[serde(default)]
+        u: Value,
+    }
+    serde_json::from_slice::<OnlyU>(frame)
+        .map(|r| r.u)
+        .unwrap_or(Value::Null)
 }

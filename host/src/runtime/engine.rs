@@ -1,6 +1,6 @@
 //! The node's wasmtime engine and the ticker that drives call deadlines.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -9,6 +9,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::bindings::CommandPlugin;
 use super::host::HostState;
+use super::idle::IdlePool;
 use super::plugin::Plugin;
 use crate::config::{Limits, EPOCH_TICK};
 
@@ -37,8 +38,7 @@ pub(crate) struct Shared {
     /// Instances running a call (or being created); half of the instance capacity.
     pub(crate) active: Semaphore,
     /// Warm instances kept idle across all plugins; bounded by the other half.
-    pub(crate) idle: AtomicUsize,
-    pub(crate) max_idle: usize,
+    pub(crate) idle: IdlePool,
 }
 
 /// The node's WebAssembly runtime.
@@ -66,8 +66,7 @@ impl Runtime {
             engine,
             linker,
             active: Semaphore::new(half),
-            idle: AtomicUsize::new(0),
-            max_idle: half,
+            idle: IdlePool::new(half),
             limits,
         });
         Ok(Runtime { shared, ticker_stop })

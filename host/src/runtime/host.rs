@@ -51,6 +51,8 @@ impl HostState {
             limiter: MemoryLimiter {
                 limit: memory_limit,
                 hit: false,
+                current: 0,
+                initial: 0,
             },
             plugin,
             deadline,
@@ -68,21 +70,28 @@ impl WasiView for HostState {
     }
 }
 
-/// Caps an instance's linear memory and remembers that a plugin hit the cap.
+/// Caps an instance's linear memory, remembers that a plugin hit the cap, and tracks how
+/// much memory the instance holds.
 pub(crate) struct MemoryLimiter {
     pub(crate) limit: usize,
+    /// The current call asked for more than `limit`.
     pub(crate) hit: bool,
+    /// Bytes of linear memory granted so far (all memories of the instance).
+    pub(crate) current: usize,
+    /// `current` right after instantiation.
+    pub(crate) initial: usize,
 }
 
 /// Table elements one instance may have; generous, but bounded.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.hit = true;
             return Ok(false);
         }
+        self.current = self.current.saturating_add(desired.saturating_sub(current));
         Ok(true)
     }
 

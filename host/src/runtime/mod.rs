@@ -8,6 +8,7 @@
 mod bindings;
 mod engine;
 mod host;
+mod idle;
 mod plugin;
 
 use std::future::Future;
@@ -46,6 +47,10 @@ pub trait HostCalls: Send + Sync + 'static {
 pub struct CallContext {
     /// When the call must have finished.
     pub deadline: Instant,
+    /// The deadline's length, for messages.
+    pub budget: std::time::Duration,
     /// How many `host.call`s deep this call is (0 for a client's call).
     pub depth: u32,
+    /// Linear memory the serving instance may use.
+    pub memory_limit_bytes: usize,
 }

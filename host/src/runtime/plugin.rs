@@ -6,23 +6,29 @@
 //! own calls (never between plugins); `WEFT_INSTANCE_REUSE=1` gives every call a fresh
 //! instance. `docs/runtime.md` has the measurements behind the default.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use wasmtime::component::Component;
-use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 
-use super::bindings::{CommandPlugin, CommandPluginPre};
+use super::bindings::CommandPluginPre;
 use super::engine::{RuntimeError, Shared};
 use super::host::{from_wit, CallScope, HostState};
+use super::idle::Warm;
 use super::{CallContext, HostCalls};
 use crate::error::CommandError;
 
 /// Extra time past a call's deadline before the host abandons it while it waits in a host
 /// call (code running in the guest is stopped at the deadline by epoch interruption).
 const ABANDON_GRACE: std::time::Duration = std::time::Duration::from_millis(5);
+
+static NEXT_PLUGIN_ID: AtomicU64 = AtomicU64::new(0);
+
+/// Idle instances may keep at least this much linear memory (see `release`).
+const WARM_MEMORY_FLOOR: usize = 16 << 20;
 
 /// One command as a plugin describes it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -34,19 +40,14 @@ pub struct CommandSpec {
     pub params: Vec<String>,
 }
 
-struct Warm {
-    store: Store<HostState>,
-    bindings: CommandPlugin,
-    uses: u32,
-}
-
 /// A compiled, validated plugin component.
 pub struct Plugin {
     name: Arc<str>,
     digest: String,
     commands: Vec<CommandSpec>,
     pre: CommandPluginPre<HostState>,
-    idle: Mutex<Vec<Warm>>,
+    /// Identifies the plugin's instances in the node's idle pool.
+    id: u64,
     shared: Arc<Shared>,
 }
 
@@ -73,7 +74,7 @@ impl Plugin {
             digest,
             commands: Vec::new(),
             pre,
-            idle: Mutex::new(Vec::new()),
+            id: NEXT_PLUGIN_ID.fetch_add(1, Ordering::Relaxed),
             shared,
         };
         let shared = plugin.shared.clone();
@@ -122,7 +123,8 @@ impl Plugin {
         &self.commands
     }
 
-    /// Runs `command` in a warm or fresh instance, within the call's deadline.
+    /// Runs `command` in a warm or fresh instance. Everything (waiting for an instance slot,
+    /// instantiating, running) happens within the call's deadline.
     pub async fn invoke(
         &self,
         command: &str,
@@ -131,13 +133,38 @@ impl Plugin {
         context: CallContext,
         host_calls: Arc<dyn HostCalls>,
     ) -> Result<String, CommandError> {
-        let limits = &self.shared.limits;
-        let _permit = self
-            .shared
-            .active
-            .acquire()
-            .await
-            .map_err(|_| CommandError::Failed("the node is shutting down".into()))?;
+        let budget_ms = context.budget.as_millis();
+        let run = self.invoke_within(command, args_json, kwargs_json, context, host_calls);
+        match tokio::time::timeout_at(context.deadline + ABANDON_GRACE, run).await {
+            Ok(outcome) => outcome,
+            // Abandoned while waiting (for a slot, or in a host call); an instance in use is
+            // dropped with the future and never serves again.
+            Err(_) => Err(timeout(command, budget_ms)),
+        }
+    }
+
+    async fn invoke_within(
+        &self,
+        command: &str,
+        args_json: &str,
+        kwargs_json: &str,
+        context: CallContext,
+        host_calls: Arc<dyn HostCalls>,
+    ) -> Result<String, CommandError> {
+        // A client's call takes an instance slot; calls made from inside a plugin run on their
+        // caller's slot (their depth is bounded), so nested calls can never wait for slots
+        // their own callers hold.
+        let _permit = if context.depth == 0 {
+            Some(
+                self.shared
+                    .active
+                    .acquire()
+                    .await
+                    .map_err(|_| CommandError::Failed("the node is shutting down".into()))?,
+            )
+        } else {
+            None
+        };
         let mut warm = match self.take_idle() {
             Some(warm) => warm,
             None => self
@@ -148,6 +175,8 @@ impl Plugin {
         {
             let state = warm.store.data_mut();
             state.deadline = context.deadline;
+            state.limiter.limit = context.memory_limit_bytes;
+            state.limiter.hit = false;
             state.scope = Some(CallScope {
                 command: command.to_string(),
                 context,
@@ -157,20 +186,10 @@ impl Plugin {
         }
         warm.store.set_epoch_deadline(1);
         warm.uses += 1;
-
-        let call = async move {
-            let result = warm
-                .bindings
-                .call_invoke(&mut warm.store, command, args_json, kwargs_json)
-                .await;
-            (warm, result)
-        };
-        let deadline_ms = limits.call_deadline.as_millis();
-        let (mut warm, result) = match tokio::time::timeout_at(context.deadline + ABANDON_GRACE, call).await {
-            Ok(done) => done,
-            // Abandoned while waiting in a host call; the instance is dropped with the future.
-            Err(_) => return Err(timeout(command, deadline_ms)),
-        };
+        let result = warm
+            .bindings
+            .call_invoke(&mut warm.store, command, args_json, kwargs_json)
+            .await;
         let scope = warm.store.data_mut().scope.take();
         match result {
             Ok(Ok(json)) => {
@@ -184,7 +203,7 @@ impl Plugin {
             Err(trap) => {
                 let memory_hit = warm.store.data().limiter.hit;
                 drop(warm);
-                Err(self.trap_error(command, trap, memory_hit, scope, deadline_ms))
+                Err(self.trap_error(command, trap, memory_hit, scope, &context))
             }
         }
     }
@@ -195,15 +214,15 @@ impl Plugin {
         trap: wasmtime::Error,
         memory_hit: bool,
         scope: Option<CallScope>,
-        deadline_ms: u128,
+        context: &CallContext,
     ) -> CommandError {
         if trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-            return timeout(command, deadline_ms);
+            return timeout(command, context.budget.as_millis());
         }
         if memory_hit {
             return CommandError::Failed(format!(
                 "{command}: exceeded the memory limit of {} MiB per instance",
-                self.shared.limits.memory_limit_bytes >> 20
+                context.memory_limit_bytes >> 20
             ));
         }
         let reason = match trap.downcast_ref::<Trap>() {
@@ -217,59 +236,64 @@ impl Plugin {
     }
 
     async fn instantiate(&self, deadline: Instant) -> Result<Warm, String> {
-        let state = HostState::new(self.name.clone(), self.shared.limits.memory_limit_bytes, deadline);
-        let mut store = Store::new(&self.shared.engine, state);
-        store.limiter(|state| &mut state.limiter);
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+        loop {
+            let state = HostState::new(self.name.clone(), self.shared.limits.memory_limit_bytes, deadline);
+            let mut store = Store::new(&self.shared.engine, state);
+            store.limiter(|state| &mut state.limiter);
+            store.epoch_deadline_callback(|ctx| {
+                if Instant::now() >= ctx.data().deadline {
+                    Ok(UpdateDeadline::Interrupt)
+                } else {
+                    Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+                }
+            });
+            store.set_epoch_deadline(1);
+            match self.pre.instantiate_async(&mut store).await {
+                Ok(bindings) => {
+                    let limiter = &mut store.data_mut().limiter;
+                    limiter.initial = limiter.current;
+                    return Ok(Warm {
+                        store,
+                        bindings,
+                        uses: 0,
+                    });
+                }
+                // The pool is full: idle instances give way to a call.
+                Err(e) if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() && self.shared.idle.evict_one() => {
+                    continue
+                }
+                Err(e) => return Err(format!("{e:#}")),
             }
-        });
-        store.set_epoch_deadline(1);
-        let bindings = self
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
-        Ok(Warm {
-            store,
-            bindings,
-            uses: 0,
-        })
+        }
     }
 
     fn take_idle(&self) -> Option<Warm> {
-        let warm = self.idle.lock().ok()?.pop()?;
-        self.shared.idle.fetch_sub(1, Ordering::Relaxed);
-        Some(warm)
+        self.shared.idle.take(self.id)
     }
 
-    /// Keeps a healthy instance warm, unless it has served its share of calls or the node
-    /// already keeps as many idle instances as it may.
+    /// Keeps a healthy instance warm, unless it has served its share of calls or grew.
     fn release(&self, warm: Warm) {
         if warm.uses >= self.shared.limits.instance_reuse {
             return;
         }
-        if self.shared.idle.fetch_add(1, Ordering::Relaxed) >= self.shared.max_idle {
-            self.shared.idle.fetch_sub(1, Ordering::Relaxed);
+        // An instance whose memory grew past twice its size after instantiation would keep
+        // that memory while idle; start afresh instead.
+        let limiter = &warm.store.data().limiter;
+        if limiter.current > limiter.initial.saturating_mul(2).max(WARM_MEMORY_FLOOR) {
             return;
         }
-        match self.idle.lock() {
-            Ok(mut idle) => idle.push(warm),
-            Err(_) => {
-                self.shared.idle.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
+        self.shared.idle.put(self.id, warm);
+    }
+
+    /// Drops the plugin's idle instances (after its settings changed, for example).
+    pub fn drain_idle(&self) {
+        self.shared.idle.clear(self.id);
     }
 }
 
 impl Drop for Plugin {
     fn drop(&mut self) {
-        if let Ok(idle) = self.idle.get_mut() {
-            self.shared.idle.fetch_sub(idle.len(), Ordering::Relaxed);
-        }
+        self.drain_idle();
     }
 }
 
