@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map};
 use weft::config::Limits;
-use weft::plugins::{CommandTable, Selector};
+use weft::plugins::{CommandTable, Manifest, Selector, Served};
 use weft::rpc::Executor;
 use weft::runtime::{CallContext, HostCalls, Runtime};
 
@@ -25,10 +25,15 @@ async fn run() -> anyhow::Result<()> {
             instance_reuse: reuse,
             ..Limits::default()
         };
-        let rt = Runtime::new(limits.clone())?;
+        let rt = Runtime::new(limits.clone(), None)?;
         let plugin = Arc::new(rt.load("math", bytes.clone()).await?);
         let executor = Executor::new(limits.clone(), Vec::new());
-        executor.set_table(CommandTable::build(std::slice::from_ref(&plugin), &[]));
+        let served = Served {
+            plugin: plugin.clone(),
+            extra_tags: Vec::new(),
+            settings: Manifest::default().settings(&limits),
+        };
+        executor.set_table(CommandTable::build(&[served], &[]).0);
         let host_calls: Arc<dyn HostCalls> = executor.clone();
         let n = if reuse == 1 { 2_000 } else { 100_000 };
 

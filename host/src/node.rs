@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Limits, SHUTDOWN_GRACE};
-use crate::plugins::{self, CommandTable};
+use crate::plugins::{self, PluginDir, WatchHandle};
 use crate::rpc::Executor;
 use crate::runtime::Runtime;
 
@@ -22,6 +22,8 @@ pub struct NodeConfig {
     /// The node's own resource tags, added to every command it serves.
     pub resources: Vec<String>,
     pub limits: Limits,
+    /// Where compiled components are kept between runs; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// A node serving clients.
@@ -30,18 +32,34 @@ pub struct Node {
     executor: Arc<Executor>,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
-    _runtime: Runtime,
+    _watch: Option<WatchHandle>,
+    _runtime: Arc<Runtime>,
 }
 
 impl Node {
     /// Loads the plugins, binds the listener and starts serving.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
-        let runtime = Runtime::new(config.limits.clone()).context("starting the webassembly runtime")?;
+        let runtime = Arc::new(
+            Runtime::new(config.limits.clone(), config.cache_dir.clone())
+                .context("starting the webassembly runtime")?,
+        );
         let executor = Executor::new(config.limits.clone(), config.resources.clone());
-        if let Some(dir) = &config.plugins {
-            let loaded = plugins::load_dir(&runtime, dir).await?;
-            executor.set_table(CommandTable::build(&loaded, &config.resources));
-        }
+        let watch = match &config.plugins {
+            Some(dir) => {
+                if !dir.is_dir() {
+                    anyhow::bail!("plugin directory {} does not exist", dir.display());
+                }
+                let dir = Arc::new(PluginDir::new(
+                    dir.clone(),
+                    runtime.clone(),
+                    executor.clone(),
+                    config.resources.clone(),
+                ));
+                dir.reconcile().await;
+                Some(plugins::watch(dir.clone()).with_context(|| format!("watching {}", dir.path().display()))?)
+            }
+            None => None,
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding the client listener on {}", config.listen))?;
@@ -65,6 +83,7 @@ impl Node {
             executor,
             shutdown,
             server,
+            _watch: watch,
             _runtime: runtime,
         })
     }

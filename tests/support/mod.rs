@@ -25,10 +25,11 @@ pub fn plugin_file(name: &str) -> PathBuf {
     panic!("plugin `{name}` is not built: run scripts/build-plugins (the README's test command does)");
 }
 
-/// A node process with its own plugin directory; killed when dropped.
+/// A node process with its own plugin directory and compile cache; killed when dropped.
 pub struct TestNode {
     pub process: NodeProcess,
     pub dir: tempfile::TempDir,
+    pub cache: tempfile::TempDir,
 }
 
 impl TestNode {
@@ -38,16 +39,20 @@ impl TestNode {
         for name in plugins {
             std::fs::copy(plugin_file(name), dir.path().join(format!("{name}.wasm"))).unwrap();
         }
+        let cache = tempfile::tempdir().unwrap();
         let mut args = vec![
             "node".to_string(),
             "--listen=127.0.0.1:0".into(),
             format!("--plugins={}", dir.path().display()),
         ];
+        if !extra_args.iter().any(|a| a.starts_with("--cache-dir")) {
+            args.push(format!("--cache-dir={}", cache.path().display()));
+        }
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let process = NodeProcess::spawn(Path::new(env!("CARGO_BIN_EXE_weft")), &args, Duration::from_secs(60))
             .await
             .expect("node starts");
-        TestNode { process, dir }
+        TestNode { process, dir, cache }
     }
 
     pub fn url(&self) -> &str {
@@ -85,4 +90,83 @@ pub fn error_details(response: &Value) -> String {
 /// No keyword arguments.
 pub fn no_kwargs() -> Map<String, Value> {
     Map::new()
+}
+
+/// Copies `from` into `dir` as `name` the way deploy tools do: write a hidden temporary file,
+/// then rename it into place (one atomic change for the watcher).
+pub fn install_plugin(dir: &Path, from: &Path, name: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// Writes `bytes` into `dir/name` by write-then-rename.
+pub fn install_bytes(dir: &Path, bytes: &[u8], name: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// Polls `check` every 10 ms until it holds, for at most `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < until {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// A client calling one command continuously (every 2 ms) until stopped; it records every
+/// outcome: the result, or the error code.
+pub struct Caller {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Result<Value, i64>>>,
+}
+
+impl Caller {
+    pub async fn start(url: &str, fun: &str, args: Vec<Value>) -> Caller {
+        let client = Client::connect(url).await.unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let fun = fun.to_string();
+        let task = tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let outcome = match client.call(&fun, args.clone(), Map::new(), &[]).await {
+                    Ok(value) => Ok(value),
+                    Err(weft::net::ClientError::Remote { code, .. }) => Err(code),
+                    Err(e) => panic!("the connection failed: {e}"),
+                };
+                outcomes.push(outcome);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            outcomes
+        });
+        Caller { stop, task }
+    }
+
+    /// Stops calling and returns every outcome, in order.
+    pub async fn finish(self) -> Vec<Result<Value, i64>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+/// The node's `weft.plugins` report of plugin `name`.
+pub async fn plugin_report(client: &Client, name: &str) -> Value {
+    let report = client.call("weft.plugins", vec![], Map::new(), &[]).await.unwrap();
+    report
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+        .unwrap_or(Value::Null)
 }

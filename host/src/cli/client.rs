@@ -36,6 +36,64 @@ pub struct RequestArgs {
     url: String,
 }
 
+#[derive(clap::Args)]
+pub struct PluginsArgs {
+    /// Print the raw JSON report.
+    #[arg(long)]
+    json: bool,
+    /// The node to ask.
+    #[arg(long, env = "WEFT_URL", default_value = "ws://127.0.0.1:6000")]
+    url: String,
+}
+
+/// `weft plugins`: every plugin file of the node, with its state, digest, commands and last error.
+pub async fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::connect(&args.url).await?;
+    let report = client.call("weft.plugins", Vec::new(), Map::new(), &[]).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let plugins = report.as_array().cloned().unwrap_or_default();
+    if plugins.is_empty() {
+        println!("no plugins");
+    }
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    for plugin in &plugins {
+        let digest = plugin["digest"]
+            .as_str()
+            .map_or("-".to_string(), |d| d.chars().take(12).collect());
+        let origin = match (plugin["origin"].as_str(), plugin["compile_ms"].as_f64()) {
+            (Some(origin), Some(ms)) => format!("{origin} {ms:.1} ms"),
+            _ => "-".into(),
+        };
+        println!(
+            "{}  {}  {digest}  {origin}  {}",
+            text(&plugin["name"]),
+            text(&plugin["state"]),
+            text(&plugin["file"])
+        );
+        for command in plugin["commands"].as_array().into_iter().flatten() {
+            let tags: Vec<String> = command["tags"].as_array().into_iter().flatten().map(text).collect();
+            let served = if command["served"].as_bool() == Some(true) {
+                ""
+            } else {
+                "  (not served)"
+            };
+            println!(
+                "    {} {} [{}]{served}",
+                text(&command["name"]),
+                text(&command["version"]),
+                tags.join(",")
+            );
+        }
+        if let Some(error) = plugin["last_error"].as_str() {
+            println!("    error: {error}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
     let positional: Vec<Value> = args.args.iter().map(|a| parse_arg(a)).collect();
     let mut kwargs = Map::new();

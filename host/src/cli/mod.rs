@@ -1,4 +1,4 @@
-//! Command-line interface: `weft node`, `weft call`, `weft request`, `weft bench`.
+//! Command-line interface: `weft node`, `weft call`, `weft request`, `weft plugins`, `weft bench`.
 
 mod bench;
 mod client;
@@ -27,6 +27,8 @@ enum Command {
     Call(client::CallArgs),
     /// Send a multi-command request from a JSON file (or `-` for standard input).
     Request(client::RequestArgs),
+    /// List a node's plugins: file, digest, state, commands, tags, last error.
+    Plugins(client::PluginsArgs),
     /// Measure call latency and throughput against the raw WebSocket limit.
     Bench(bench::BenchArgs),
     /// Serve the raw WebSocket JSON echo that `weft bench` compares against.
@@ -49,6 +51,7 @@ pub fn main() -> ExitCode {
             Command::Node(args) => node::run(args).await,
             Command::Call(args) => client::call(args).await,
             Command::Request(args) => client::request(args).await,
+            Command::Plugins(args) => client::plugins(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::RawEcho(args) => bench::raw_echo(args).await,
         }

@@ -36,6 +36,10 @@ pub struct NodeArgs {
     /// Plugin instances that may exist at once.
     #[arg(long, env = config::MAX_INSTANCES_ENV, default_value_t = config::DEFAULT_MAX_INSTANCES)]
     max_instances: u32,
+    /// Directory of compiled components kept between runs [default: $XDG_CACHE_HOME/weft, else
+    /// ~/.cache/weft]; `--cache-dir=` (empty) disables the cache.
+    #[arg(long, env = "WEFT_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
     /// Calls a warm instance serves before it is replaced (1 = a fresh instance per call).
     #[arg(long, env = config::INSTANCE_REUSE_ENV, default_value_t = config::DEFAULT_INSTANCE_REUSE)]
     instance_reuse: u32,
@@ -52,11 +56,17 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         instance_reuse: args.instance_reuse.max(1),
     };
     let resources = args.resources.into_iter().filter(|r| !r.is_empty()).collect();
+    let cache_dir = match args.cache_dir {
+        Some(dir) if dir.as_os_str().is_empty() => None,
+        Some(dir) => Some(dir),
+        None => default_cache_dir(),
+    };
     let node = Node::start(NodeConfig {
         listen: args.listen,
         plugins: args.plugins,
         resources,
         limits,
+        cache_dir,
     })
     .await?;
     {
@@ -78,4 +88,12 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = terminate.recv() => {}
     }
     Ok(())
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("weft").join("compiled"))
 }

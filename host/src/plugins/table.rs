@@ -1,19 +1,23 @@
-//! Which local plugin serves which command, with its effective resource tags.
+//! Which local plugin serves which command, with its effective resource tags and limits.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use serde::Serialize;
+
+use super::manifest::PluginSettings;
 use crate::error::CommandError;
-use crate::runtime::Plugin;
+use crate::runtime::{Origin, Plugin};
 
 /// A command served by a plugin on this node.
 #[derive(Clone)]
 pub struct LocalCommand {
     pub name: String,
-    /// Tags the plugin declares ∪ the node's own tags.
+    /// Tags the plugin declares ∪ its sidecar's ∪ the node's own.
     pub tags: BTreeSet<String>,
     pub version: semver::Version,
     pub plugin: Arc<Plugin>,
+    pub settings: Arc<PluginSettings>,
 }
 
 impl LocalCommand {
@@ -32,36 +36,86 @@ pub struct Selector {
     pub version_constraint: Option<String>,
 }
 
-/// The commands of all loaded plugins.
+/// A loaded, enabled plugin offered to the table.
+pub struct Served {
+    pub plugin: Arc<Plugin>,
+    /// Tags from the sidecar manifest.
+    pub extra_tags: Vec<String>,
+    pub settings: Arc<PluginSettings>,
+}
+
+/// What `weft plugins` shows of one plugin.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginReport {
+    pub name: String,
+    pub file: String,
+    /// `serving`, `failed` (no version could be loaded), `disabled` or `conflict`.
+    pub state: &'static str,
+    pub digest: Option<String>,
+    /// `compiled` or `cache`.
+    pub origin: Option<Origin>,
+    pub compile_ms: Option<f64>,
+    pub description: Option<String>,
+    pub commands: Vec<CommandReport>,
+    pub last_error: Option<String>,
+}
+
+/// One command in a [`PluginReport`].
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandReport {
+    pub name: String,
+    pub version: String,
+    pub tags: Vec<String>,
+    pub description: String,
+    /// False when another plugin serves this name (see `last_error`).
+    pub served: bool,
+}
+
+/// The commands of all loaded plugins, and what is known of every plugin file.
 #[derive(Default)]
 pub struct CommandTable {
     by_name: HashMap<String, LocalCommand>,
+    reports: Vec<PluginReport>,
 }
 
 impl CommandTable {
-    /// Builds the table. When two plugins describe the same command, the plugin whose file
-    /// name sorts first serves it and the other claim is reported as an error: a command is
-    /// never silently shadowed.
-    pub fn build(plugins: &[Arc<Plugin>], node_tags: &[String]) -> Self {
-        let mut sorted: Vec<&Arc<Plugin>> = plugins.iter().collect();
-        sorted.sort_by(|a, b| a.name().cmp(b.name()));
+    /// Builds the table. A plugin may not serve a built-in command, and when two plugins
+    /// describe the same command, the plugin whose file name sorts first serves it: a command
+    /// is never silently shadowed. Returns the refused claims as (plugin, reason).
+    pub fn build(served: &[Served], node_tags: &[String]) -> (Self, Vec<(String, String)>) {
+        let mut sorted: Vec<&Served> = served.iter().collect();
+        sorted.sort_by(|a, b| a.plugin.name().cmp(b.plugin.name()));
         let mut by_name: HashMap<String, LocalCommand> = HashMap::new();
-        for plugin in sorted {
+        let mut refused = Vec::new();
+        for entry in sorted {
+            let plugin = &entry.plugin;
             for spec in plugin.commands() {
-                if crate::rpc::BUILTIN_COMMANDS.contains(&spec.name.as_str()) {
-                    tracing::error!(command = %spec.name, plugin = plugin.name(), "a plugin may not serve a built-in command");
+                let reason = if crate::rpc::BUILTIN_COMMANDS.contains(&spec.name.as_str()) {
+                    Some(format!(
+                        "command `{}` is a built-in command and cannot be served by a plugin",
+                        spec.name
+                    ))
+                } else {
+                    by_name.get(&spec.name).map(|existing| {
+                        format!(
+                            "command `{}` is already served by plugin `{}` (the first by file name serves it)",
+                            spec.name,
+                            existing.plugin.name()
+                        )
+                    })
+                };
+                if let Some(reason) = reason {
+                    tracing::error!(plugin = plugin.name(), "{reason}");
+                    refused.push((plugin.name().to_string(), reason));
                     continue;
                 }
-                if let Some(existing) = by_name.get(&spec.name) {
-                    tracing::error!(
-                        command = %spec.name,
-                        served_by = existing.plugin.name(),
-                        rejected = plugin.name(),
-                        "two plugins claim the same command; the first by file name serves it"
-                    );
-                    continue;
-                }
-                let tags = spec.resources.iter().chain(node_tags).cloned().collect();
+                let tags = spec
+                    .resources
+                    .iter()
+                    .chain(&entry.extra_tags)
+                    .chain(node_tags)
+                    .cloned()
+                    .collect();
                 by_name.insert(
                     spec.name.clone(),
                     LocalCommand {
@@ -69,11 +123,41 @@ impl CommandTable {
                         tags,
                         version: spec.version.clone(),
                         plugin: plugin.clone(),
+                        settings: entry.settings.clone(),
                     },
                 );
             }
         }
-        CommandTable { by_name }
+        (
+            CommandTable {
+                by_name,
+                reports: Vec::new(),
+            },
+            refused,
+        )
+    }
+
+    /// Attaches the reports `weft plugins` shows.
+    pub fn with_reports(mut self, reports: Vec<PluginReport>) -> Self {
+        self.reports = reports;
+        self
+    }
+
+    /// What is known of every plugin file.
+    pub fn reports(&self) -> &[PluginReport] {
+        &self.reports
+    }
+
+    /// Whether `plugin` serves command `name` in this table.
+    pub fn serves(&self, name: &str, plugin: &Plugin) -> bool {
+        self.by_name
+            .get(name)
+            .is_some_and(|c| std::ptr::eq(Arc::as_ptr(&c.plugin), plugin))
+    }
+
+    /// The effective tags of command `name`.
+    pub fn tags(&self, name: &str) -> Option<&BTreeSet<String>> {
+        self.by_name.get(name).map(|c| &c.tags)
     }
 
     /// The command that serves `name` under `selector`, or why none does.

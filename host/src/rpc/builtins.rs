@@ -37,8 +37,11 @@ pub fn select(name: &str, selector: &Selector, node_tags: &[String]) -> Result<(
     Ok(())
 }
 
+/// `weft.plugins`: what `weft plugins` shows (answered by the executor, which has the table).
+pub const PLUGINS: &str = "weft.plugins";
+
 /// Names of the built-in commands.
-pub const NAMES: [&str; 2] = ["echo", "echos"];
+pub const NAMES: [&str; 3] = ["echo", "echos", PLUGINS];
 
 /// Runs a built-in command (one of [`NAMES`]).
 pub fn run(name: &str, args: Vec<Value>, kwargs: Map<String, Value>) -> Result<Value, CommandError> {

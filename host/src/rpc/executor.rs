@@ -240,16 +240,50 @@ impl Executor {
     ) -> Result<Value, CommandError> {
         if builtins::NAMES.contains(&fun) {
             builtins::select(fun, selector, &self.node_tags)?;
+            if fun == builtins::PLUGINS {
+                return serde_json::to_value(self.table().reports())
+                    .map_err(|e| CommandError::Failed(format!("{fun}: {e}")));
+            }
             return builtins::run(fun, args, kwargs);
         }
         let table = self.table();
         let command = table.find(fun, selector)?;
         let plugin = command.plugin.clone();
+        let settings = command.settings.clone();
+        drop(table);
+        // The plugin's own deadline and memory limit, within the caller's deadline.
+        let own_deadline = Instant::now() + settings.deadline;
+        let context = if own_deadline < context.deadline {
+            CallContext {
+                deadline: own_deadline,
+                budget: settings.deadline,
+                ..context
+            }
+        } else {
+            context
+        };
+        let context = CallContext {
+            memory_limit_bytes: settings.memory_limit_bytes,
+            ..context
+        };
+        let _slot = match &settings.concurrency {
+            Some(slots) => match tokio::time::timeout_at(context.deadline, slots.acquire()).await {
+                Ok(Ok(permit)) => Some(permit),
+                Ok(Err(_)) => return Err(shutting_down()),
+                Err(_) => {
+                    return Err(CommandError::Timeout(format!(
+                        "{fun}: no instance of the plugin became free within the deadline of {} ms",
+                        context.budget.as_millis()
+                    )))
+                }
+            },
+            None => None,
+        };
         let args_json = Value::Array(args).to_string();
         let kwargs_json = Value::Object(kwargs).to_string();
         let host_calls: Arc<dyn HostCalls> = match self.me.upgrade() {
             Some(me) => me,
-            None => return Err(CommandError::Failed("the node is shutting down".into())),
+            None => return Err(shutting_down()),
         };
         // Boxed: the wasmtime call future is large, and requests that never reach a plugin
         // should not carry (and move) its space.

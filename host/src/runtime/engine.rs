@@ -8,6 +8,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::CommandPlugin;
+use super::cache::{CompileCache, Origin};
 use super::host::HostState;
 use super::idle::IdlePool;
 use super::plugin::Plugin;
@@ -44,13 +45,15 @@ pub(crate) struct Shared {
 /// The node's WebAssembly runtime.
 pub struct Runtime {
     pub(crate) shared: Arc<Shared>,
+    cache: Option<CompileCache>,
     ticker_stop: Arc<AtomicBool>,
 }
 
 impl Runtime {
     /// Creates the engine (pooling allocator when the machine allows it), the linker with WASI
     /// and the `weft:plugin/host` interface, and starts the epoch ticker.
-    pub fn new(limits: Limits) -> Result<Self, RuntimeError> {
+    /// `cache_dir`: where compiled components are kept between runs (none: always compile).
+    pub fn new(limits: Limits, cache_dir: Option<std::path::PathBuf>) -> Result<Self, RuntimeError> {
         let engine = build_engine(&limits)?;
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -69,33 +72,59 @@ impl Runtime {
             idle: IdlePool::new(half),
             limits,
         });
-        Ok(Runtime { shared, ticker_stop })
+        let cache = cache_dir.map(|dir| CompileCache::new(dir, &shared.engine));
+        Ok(Runtime {
+            shared,
+            cache,
+            ticker_stop,
+        })
     }
 
-    /// Compiles a component and prepares it for instantiation: validates that it fits the
-    /// contract and asks it for its commands. Compilation runs off the async workers.
+    /// Compiles a component (or loads its compilation from the cache) and prepares it for
+    /// instantiation: validates that it fits the contract and asks it for its commands.
+    /// Compilation runs off the async workers.
     #[tracing::instrument(skip(self, bytes), fields(size = bytes.len()))]
     pub async fn load(&self, name: &str, bytes: Vec<u8>) -> Result<Plugin, RuntimeError> {
         let engine = self.shared.engine.clone();
-        let compile_name = name.to_string();
+        let cache = self.cache.clone();
         let digest = super::plugin::digest(&bytes);
+        let key = digest.clone();
         let started = std::time::Instant::now();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
-            .await
-            .map_err(|e| RuntimeError::Compile {
-                name: compile_name.clone(),
-                reason: e.to_string(),
-            })?
-            .map_err(|e| RuntimeError::Compile {
-                name: compile_name,
-                reason: format!("{e:#}"),
-            })?;
+        let compiled = tokio::task::spawn_blocking(move || -> Result<(Component, Origin), String> {
+            if let Some(component) = cache.as_ref().and_then(|c| c.load(&engine, &key)) {
+                return Ok((component, Origin::Cache));
+            }
+            let component = Component::new(&engine, &bytes).map_err(|e| format!("{e:#}"))?;
+            if let Some(cache) = &cache {
+                cache.store(&key, &component);
+            }
+            Ok((component, Origin::Compiled))
+        })
+        .await
+        .map_err(|e| RuntimeError::Compile {
+            name: name.to_string(),
+            reason: e.to_string(),
+        })?;
+        let (component, origin) = compiled.map_err(|reason| RuntimeError::Compile {
+            name: name.to_string(),
+            reason,
+        })?;
+        let compile_time = started.elapsed();
         tracing::debug!(
             plugin = name,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            ?origin,
+            elapsed_ms = compile_time.as_millis() as u64,
             "compiled"
         );
-        Plugin::prepare(self.shared.clone(), name.to_string(), digest, component).await
+        Plugin::prepare(
+            self.shared.clone(),
+            name.to_string(),
+            digest,
+            component,
+            origin,
+            compile_time,
+        )
+        .await
     }
 
     /// The limits every call runs under.

@@ -6,6 +6,7 @@
 //! [`HostCalls`] implementation that the node provides.
 
 mod bindings;
+mod cache;
 mod engine;
 mod host;
 mod idle;
@@ -18,8 +19,9 @@ use tokio::time::Instant;
 
 use crate::error::CommandError;
 
+pub use cache::Origin;
 pub use engine::{Runtime, RuntimeError};
-pub use plugin::{CommandSpec, Plugin};
+pub use plugin::{digest, CommandSpec, Plugin};
 
 /// A future returned by [`HostCalls::call`].
 pub type CallFuture = Pin<Box<dyn Future<Output = Result<String, CommandError>> + Send>>;

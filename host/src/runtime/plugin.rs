@@ -15,6 +15,7 @@ use wasmtime::component::Component;
 use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 
 use super::bindings::CommandPluginPre;
+use super::cache::Origin;
 use super::engine::{RuntimeError, Shared};
 use super::host::{from_wit, CallScope, HostState};
 use super::idle::Warm;
@@ -48,11 +49,13 @@ pub struct Plugin {
     pre: CommandPluginPre<HostState>,
     /// Identifies the plugin's instances in the node's idle pool.
     id: u64,
+    origin: Origin,
+    compile_time: std::time::Duration,
     shared: Arc<Shared>,
 }
 
 /// The hex sha256 of a component's bytes.
-pub(crate) fn digest(bytes: &[u8]) -> String {
+pub fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
@@ -62,6 +65,8 @@ impl Plugin {
         name: String,
         digest: String,
         component: Component,
+        origin: Origin,
+        compile_time: std::time::Duration,
     ) -> Result<Plugin, RuntimeError> {
         let link_err = |e: wasmtime::Error| RuntimeError::Link {
             name: name.clone(),
@@ -75,6 +80,8 @@ impl Plugin {
             commands: Vec::new(),
             pre,
             id: NEXT_PLUGIN_ID.fetch_add(1, Ordering::Relaxed),
+            origin,
+            compile_time,
             shared,
         };
         let shared = plugin.shared.clone();
@@ -116,6 +123,16 @@ impl Plugin {
     /// The hex sha256 of the component.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// Whether the component was compiled or came from the compile cache.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// How long compiling (or loading from the cache) took.
+    pub fn compile_time(&self) -> std::time::Duration {
+        self.compile_time
     }
 
     /// The commands the plugin serves.

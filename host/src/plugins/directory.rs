@@ -1,0 +1,316 @@
+//! The node's plugin directory: what is on disk, what is loaded, and the table built from it.
+//!
+//! [`PluginDir::reconcile`] compares the directory with what is loaded and acts on the
+//! difference: a new or changed `NAME.wasm` is compiled and, only if it is a valid plugin,
+//! swapped in (calls in flight finish on the old version, whose instances then drain); a removed
+//! one is withdrawn; a changed `NAME.toml` re-applies its settings without recompiling. A file
+//! that fails leaves the previous version serving and its reason in `weft plugins`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::manifest::{Manifest, PluginSettings};
+use super::table::{CommandReport, CommandTable, PluginReport, Served};
+use crate::config::Limits;
+use crate::rpc::Executor;
+use crate::runtime::{Plugin, Runtime};
+
+/// Size and modification time (and inode) of a file: changes whenever a save completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    meta.is_file().then(|| Stamp {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        inode: meta.ino(),
+    })
+}
+
+struct Entry {
+    /// The state of `NAME.wasm` that `plugin` / `wasm_error` reflect.
+    wasm_stamp: Option<Stamp>,
+    plugin: Option<Arc<Plugin>>,
+    wasm_error: Option<String>,
+    toml_stamp: Option<Stamp>,
+    /// The last good manifest (the default when there is none).
+    manifest: Manifest,
+    settings: Arc<PluginSettings>,
+    toml_error: Option<String>,
+}
+
+/// A watched directory of plugins.
+pub struct PluginDir {
+    dir: PathBuf,
+    runtime: Arc<Runtime>,
+    executor: Arc<Executor>,
+    node_tags: Vec<String>,
+    limits: Limits,
+    entries: tokio::sync::Mutex<BTreeMap<String, Entry>>,
+}
+
+impl PluginDir {
+    pub fn new(dir: PathBuf, runtime: Arc<Runtime>, executor: Arc<Executor>, node_tags: Vec<String>) -> Self {
+        let limits = runtime.limits().clone();
+        PluginDir {
+            dir,
+            runtime,
+            executor,
+            node_tags,
+            limits,
+            entries: tokio::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The watched directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Brings what is loaded in line with the directory, and publishes the new table if
+    /// anything changed.
+    pub async fn reconcile(&self) {
+        let listing = match self.scan() {
+            Ok(listing) => listing,
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, "cannot read the plugin directory");
+                return;
+            }
+        };
+        let mut entries = self.entries.lock().await;
+        let mut changed = false;
+        let gone: Vec<String> = entries
+            .keys()
+            .filter(|name| !listing.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(entry) = entries.remove(&name) {
+                if entry.plugin.is_some() {
+                    tracing::info!(plugin = %name, "plugin removed; its commands are withdrawn");
+                }
+                changed = true;
+            }
+        }
+        for (name, (has_wasm, has_toml)) in listing {
+            let entry = entries.entry(name.clone()).or_insert_with(|| Entry {
+                wasm_stamp: None,
+                plugin: None,
+                wasm_error: None,
+                toml_stamp: None,
+                manifest: Manifest::default(),
+                settings: Manifest::default().settings(&self.limits),
+                toml_error: None,
+            });
+            changed |= self.reconcile_manifest(&name, entry, has_toml);
+            changed |= self.reconcile_component(&name, entry, has_wasm).await;
+        }
+        if changed {
+            self.publish(&entries);
+        }
+    }
+
+    fn reconcile_manifest(&self, name: &str, entry: &mut Entry, present: bool) -> bool {
+        let path = self.dir.join(format!("{name}.toml"));
+        let current = if present { stamp(&path) } else { None };
+        if current == entry.toml_stamp {
+            return false;
+        }
+        entry.toml_stamp = current;
+        let parsed = match current {
+            None => Ok(Manifest::default()),
+            Some(_) => std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| Manifest::parse(&text)),
+        };
+        match parsed {
+            Ok(manifest) => {
+                entry.toml_error = None;
+                if manifest != entry.manifest {
+                    tracing::info!(plugin = %name, "sidecar manifest applied");
+                    entry.settings = manifest.settings(&self.limits);
+                    entry.manifest = manifest;
+                    // Instances made under the old limits are not reused.
+                    if let Some(plugin) = &entry.plugin {
+                        plugin.drain_idle();
+                    }
+                }
+            }
+            Err(e) => {
+                let message = format!("{name}.toml: {e}; keeping the last good settings");
+                tracing::error!(plugin = %name, "{message}");
+                entry.toml_error = Some(message);
+            }
+        }
+        true
+    }
+
+    async fn reconcile_component(&self, name: &str, entry: &mut Entry, present: bool) -> bool {
+        let path = self.dir.join(format!("{name}.wasm"));
+        let current = if present { stamp(&path) } else { None };
+        if current == entry.wasm_stamp {
+            return false;
+        }
+        let Some(before) = current else {
+            entry.wasm_stamp = None;
+            entry.wasm_error = None;
+            if entry.plugin.take().is_some() {
+                tracing::info!(plugin = %name, "plugin removed; its commands are withdrawn");
+            }
+            return true;
+        };
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::debug!(file = %path.display(), error = %e, "plugin file vanished while reading");
+                return false;
+            }
+        };
+        // Still being written: the next change notification brings us back.
+        if stamp(&path) != Some(before) {
+            return false;
+        }
+        entry.wasm_stamp = Some(before);
+        if entry
+            .plugin
+            .as_ref()
+            .is_some_and(|p| p.digest() == crate::runtime::digest(&bytes))
+        {
+            let had_error = entry.wasm_error.take().is_some();
+            return had_error;
+        }
+        match self.runtime.load(name, bytes).await {
+            Ok(plugin) => {
+                let replaced = entry.plugin.is_some();
+                tracing::info!(
+                    file = %path.display(),
+                    digest = &plugin.digest()[..12],
+                    origin = ?plugin.origin(),
+                    compile_ms = plugin.compile_time().as_secs_f64() * 1000.0,
+                    commands = ?plugin.commands().iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+                    "{}", if replaced { "plugin replaced" } else { "plugin loaded" }
+                );
+                entry.plugin = Some(Arc::new(plugin));
+                entry.wasm_error = None;
+            }
+            Err(e) => {
+                let kept = if entry.plugin.is_some() {
+                    "; the previous version keeps serving"
+                } else {
+                    ""
+                };
+                let message = format!("{e}{kept}");
+                tracing::error!(file = %path.display(), "plugin not loaded: {message}");
+                entry.wasm_error = Some(message);
+            }
+        }
+        true
+    }
+
+    /// Builds the command table from the loaded, enabled plugins and hands it to the executor.
+    fn publish(&self, entries: &BTreeMap<String, Entry>) {
+        let served: Vec<Served> = entries
+            .values()
+            .filter(|e| e.manifest.enabled)
+            .filter_map(|e| {
+                Some(Served {
+                    plugin: e.plugin.clone()?,
+                    extra_tags: e.manifest.resources.clone(),
+                    settings: e.settings.clone(),
+                })
+            })
+            .collect();
+        let (table, refused) = CommandTable::build(&served, &self.node_tags);
+        let reports = entries
+            .iter()
+            .map(|(name, entry)| self.report(name, entry, &table, &refused))
+            .collect();
+        self.executor.set_table(table.with_reports(reports));
+    }
+
+    fn report(&self, name: &str, entry: &Entry, table: &CommandTable, refused: &[(String, String)]) -> PluginReport {
+        let refusals: Vec<&str> = refused
+            .iter()
+            .filter(|(p, _)| p == name)
+            .map(|(_, r)| r.as_str())
+            .collect();
+        let missing = (entry.plugin.is_none() && entry.wasm_stamp.is_none() && entry.wasm_error.is_none())
+            .then(|| format!("no {name}.wasm beside {name}.toml"));
+        let errors: Vec<&str> = entry
+            .wasm_error
+            .as_deref()
+            .into_iter()
+            .chain(missing.as_deref())
+            .chain(entry.toml_error.as_deref())
+            .chain(refusals.iter().copied())
+            .collect();
+        let state = match &entry.plugin {
+            None => "failed",
+            Some(_) if !entry.manifest.enabled => "disabled",
+            Some(_) if !refusals.is_empty() => "conflict",
+            Some(_) => "serving",
+        };
+        let commands = entry
+            .plugin
+            .iter()
+            .flat_map(|plugin| {
+                plugin.commands().iter().map(|spec| {
+                    let served = table.serves(&spec.name, plugin);
+                    let tags: BTreeSet<String> = match table.tags(&spec.name).filter(|_| served) {
+                        Some(tags) => tags.clone(),
+                        None => spec.resources.iter().cloned().collect(),
+                    };
+                    CommandReport {
+                        name: spec.name.clone(),
+                        version: spec.version.to_string(),
+                        tags: tags.into_iter().collect(),
+                        description: spec.description.clone(),
+                        served,
+                    }
+                })
+            })
+            .collect();
+        PluginReport {
+            name: name.to_string(),
+            file: self.dir.join(format!("{name}.wasm")).display().to_string(),
+            state,
+            digest: entry.plugin.as_ref().map(|p| p.digest().to_string()),
+            origin: entry.plugin.as_ref().map(|p| p.origin()),
+            compile_ms: entry.plugin.as_ref().map(|p| p.compile_time().as_secs_f64() * 1000.0),
+            description: entry.manifest.description.clone(),
+            commands,
+            last_error: (!errors.is_empty()).then(|| errors.join("; ")),
+        }
+    }
+
+    /// The plugin names in the directory, with whether each has a component and a manifest.
+    /// Hidden files (editors' and deploy tools' temporaries) are ignored.
+    fn scan(&self) -> std::io::Result<BTreeMap<String, (bool, bool)>> {
+        let mut listing: BTreeMap<String, (bool, bool)> = BTreeMap::new();
+        for item in std::fs::read_dir(&self.dir)? {
+            let path = item?.path();
+            let (Some(stem), Some(ext)) = (path.file_stem().and_then(|s| s.to_str()), path.extension()) else {
+                continue;
+            };
+            if stem.starts_with('.') || stem.is_empty() {
+                continue;
+            }
+            let slot = listing.entry(stem.to_string()).or_default();
+            if ext == "wasm" {
+                slot.0 = true;
+            } else if ext == "toml" {
+                slot.1 = true;
+            }
+        }
+        listing.retain(|_, (wasm, toml)| *wasm || *toml);
+        Ok(listing)
+    }
+}

@@ -1,0 +1,142 @@
+//! The optional sidecar manifest `NAME.toml` beside `NAME.wasm`.
+//!
+//! ```toml
+//! description = "Arithmetic for the finance team"
+//! resources = ["finance", "eu"]   # added to the tags the plugin declares
+//! enabled = true                  # false: loaded, but none of its commands is served
+//!
+//! [limits]
+//! memory_mb = 64                  # linear memory per instance (default: the node's)
+//! deadline_ms = 2000              # per call (default: the node's)
+//! max_instances = 8               # calls of this plugin running at once; more wait
+//! ```
+//!
+//! Unknown keys are errors that name the key, so a typo never silently does nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use crate::config::Limits;
+
+/// A parsed sidecar manifest.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub resources: Vec<String>,
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub limits: ManifestLimits,
+}
+
+/// Per-plugin limits; each falls back to the node's.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestLimits {
+    pub memory_mb: Option<u64>,
+    pub deadline_ms: Option<u64>,
+    pub max_instances: Option<u32>,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+impl Default for Manifest {
+    fn default() -> Self {
+        Manifest {
+            description: None,
+            resources: Vec::new(),
+            enabled: true,
+            limits: ManifestLimits::default(),
+        }
+    }
+}
+
+impl Manifest {
+    /// Parses a manifest; the error names the offending key or value.
+    pub fn parse(text: &str) -> Result<Manifest, String> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
+        if manifest.resources.iter().any(|r| r.trim().is_empty()) {
+            return Err("`resources` holds an empty tag".into());
+        }
+        let limits = &manifest.limits;
+        if limits.memory_mb == Some(0) || limits.deadline_ms == Some(0) || limits.max_instances == Some(0) {
+            return Err("a limit of 0 would make the plugin unusable; remove the key to use the node's".into());
+        }
+        if limits.memory_mb.is_some_and(|mb| mb > 1 << 20) {
+            return Err("`limits.memory_mb` is larger than 1 TiB".into());
+        }
+        Ok(manifest)
+    }
+
+    /// The limits calls of this plugin run under.
+    pub fn settings(&self, node: &Limits) -> Arc<PluginSettings> {
+        Arc::new(PluginSettings {
+            deadline: self
+                .limits
+                .deadline_ms
+                .map_or(node.call_deadline, Duration::from_millis),
+            memory_limit_bytes: self
+                .limits
+                .memory_mb
+                .map_or(node.memory_limit_bytes, |mb| (mb as usize) << 20),
+            concurrency: self.limits.max_instances.map(|n| Arc::new(Semaphore::new(n as usize))),
+        })
+    }
+}
+
+/// Effective limits of one plugin.
+#[derive(Debug)]
+pub struct PluginSettings {
+    pub deadline: Duration,
+    pub memory_limit_bytes: usize,
+    /// Calls of this plugin that may run at once, when limited.
+    pub concurrency: Option<Arc<Semaphore>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_manifest_parses() {
+        let m = Manifest::parse(
+            "description = \"d\"\nresources = [\"a\", \"b\"]\nenabled = false\n[limits]\nmemory_mb = 8\ndeadline_ms = 50\nmax_instances = 2\n",
+        )
+        .unwrap();
+        assert_eq!(m.resources, vec!["a", "b"]);
+        assert!(!m.enabled);
+        let s = m.settings(&Limits::default());
+        assert_eq!(s.deadline, Duration::from_millis(50));
+        assert_eq!(s.memory_limit_bytes, 8 << 20);
+        assert_eq!(s.concurrency.as_ref().map(|c| c.available_permits()), Some(2));
+    }
+
+    #[test]
+    fn empty_manifest_keeps_node_limits() {
+        let m = Manifest::parse("").unwrap();
+        assert!(m.enabled);
+        let node = Limits::default();
+        let s = m.settings(&node);
+        assert_eq!(s.deadline, node.call_deadline);
+        assert!(s.concurrency.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let err = Manifest::parse("resourcez = [\"a\"]").unwrap_err();
+        assert!(err.contains("resourcez"), "{err}");
+        let err = Manifest::parse("[limits]\nmemory = 3").unwrap_err();
+        assert!(err.contains("memory"), "{err}");
+        let err = Manifest::parse("enabled = \"yes\"").unwrap_err();
+        assert!(err.contains("enabled") || err.contains("bool"), "{err}");
+        assert!(Manifest::parse("[limits]\ndeadline_ms = 0").is_err());
+    }
+}
