@@ -36,10 +36,13 @@ pub struct NodeArgs {
     /// Plugin instances that may exist at once.
     #[arg(long, env = config::MAX_INSTANCES_ENV, default_value_t = config::DEFAULT_MAX_INSTANCES)]
     max_instances: u32,
-    /// Directory of compiled components kept between runs [default: $XDG_CACHE_HOME/weft, else
-    /// ~/.cache/weft]; `--cache-dir=` (empty) disables the cache.
+    /// Directory of compiled components kept between runs [default: $XDG_CACHE_HOME/weft/compiled,
+    /// else ~/.cache/weft/compiled].
     #[arg(long, env = "WEFT_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// Compile every plugin at every load; keep nothing on disk.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
     /// Calls a warm instance serves before it is replaced (1 = a fresh instance per call).
     #[arg(long, env = config::INSTANCE_REUSE_ENV, default_value_t = config::DEFAULT_INSTANCE_REUSE)]
     instance_reuse: u32,
@@ -56,10 +59,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         instance_reuse: args.instance_reuse.max(1),
     };
     let resources = args.resources.into_iter().filter(|r| !r.is_empty()).collect();
-    let cache_dir = match args.cache_dir {
-        Some(dir) if dir.as_os_str().is_empty() => None,
-        Some(dir) => Some(dir),
-        None => default_cache_dir(),
+    let cache_dir = match (args.no_cache, args.cache_dir) {
+        (true, _) => None,
+        (false, Some(dir)) => Some(dir),
+        (false, None) => default_cache_dir(),
     };
     let node = Node::start(NodeConfig {
         listen: args.listen,
