@@ -124,3 +124,32 @@ async fn node_stops_cleanly_on_sigterm_and_sigint() {
         assert!(status.success(), "{signal}: {status:?}");
     }
 }
+
+#[tokio::test]
+async fn plugins_lists_files_states_commands_and_errors() {
+    let node = TestNode::start(&["math"], &[]).await;
+    std::fs::write(node.dir.path().join("broken.wasm"), b"not a component").unwrap();
+    let url = node.url().to_string();
+    let listed = support::eventually(std::time::Duration::from_secs(10), || {
+        let url = url.clone();
+        async move {
+            let out = tokio::task::spawn_blocking(move || weft(&url, &["plugins"]))
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("broken  failed")
+        }
+    })
+    .await;
+    assert!(listed, "the broken plugin never showed up");
+    let out = tokio::task::spawn_blocking(move || weft(&url, &["plugins"]))
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("math  serving"), "{text}");
+    assert!(text.contains("math.add 1.0.0 [math]"), "{text}");
+    assert!(
+        text.contains("error: broken: not a valid weft plugin component"),
+        "{text}"
+    );
+}

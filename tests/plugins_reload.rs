@@ -336,3 +336,92 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     );
     files
 }
+
+/// `component` with a custom section of `extra` bytes appended: a valid component of another
+/// digest and size.
+fn padded(component: &[u8], extra: usize) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"padding";
+    let mut section = vec![name.len() as u8];
+    section.extend_from_slice(name);
+    section.resize(section.len() + extra, 0x5a);
+    let mut bytes = component.to_vec();
+    bytes.push(0);
+    leb(section.len(), &mut bytes);
+    bytes.extend_from_slice(&section);
+    bytes
+}
+
+#[tokio::test]
+async fn slow_in_place_writes_of_a_large_file_never_replace_a_working_version_early() {
+    let node = TestNode::start(&[], &[]).await;
+    let dir = node.dir.path();
+    install_plugin(dir, &plugin_file("greeter-v1"), "greeter.wasm");
+    let client = node.client().await;
+    assert!(eventually(CHANGE, || async { hello(&client).await.is_ok() }).await);
+    let caller = Caller::start(node.url(), "greeter.hello", vec![json!("ada")]).await;
+
+    // A 20 MB version 2, written in place in 1 MB pieces with pauses, as a slow copy does.
+    let big = padded(&std::fs::read(plugin_file("greeter-v2")).unwrap(), 20 << 20);
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(dir.join("greeter.wasm")).unwrap();
+        for chunk in big.chunks(1 << 20) {
+            file.write_all(chunk).unwrap();
+            file.flush().unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+    assert!(
+        eventually(CHANGE, || async {
+            hello(&client).await == Ok(json!("hello ada from v2"))
+        })
+        .await
+    );
+    let outcomes = caller.finish().await;
+    all_ok(&outcomes);
+    let first_v2 = outcomes
+        .iter()
+        .position(|o| o == &Ok(json!("hello ada from v2")))
+        .unwrap();
+    assert!(outcomes[first_v2..]
+        .iter()
+        .all(|o| o == &Ok(json!("hello ada from v2"))));
+    let report = plugin_report(&client, "greeter").await;
+    assert_eq!(report["last_error"], Value::Null, "{report}");
+}
+
+#[tokio::test]
+async fn rapid_repeated_changes_settle_on_the_last_version() {
+    let node = TestNode::start(&[], &[]).await;
+    let dir = node.dir.path();
+    install_plugin(dir, &plugin_file("greeter-v1"), "greeter.wasm");
+    let client = node.client().await;
+    assert!(eventually(CHANGE, || async { hello(&client).await.is_ok() }).await);
+    let caller = Caller::start(node.url(), "greeter.hello", vec![json!("ada")]).await;
+    for i in 0..20 {
+        let version = if i % 2 == 0 { "greeter-v2" } else { "greeter-v1" };
+        install_plugin(dir, &plugin_file(version), "greeter.wasm");
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    install_plugin(dir, &plugin_file("greeter-v2"), "greeter.wasm");
+    assert!(
+        eventually(CHANGE, || async {
+            hello(&client).await == Ok(json!("hello ada from v2"))
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(hello(&client).await.unwrap(), json!("hello ada from v2"));
+    all_ok(&caller.finish().await);
+}
