@@ -4,11 +4,13 @@
 //! - [`plugins`]: finding and loading plugin components; the table of commands a node serves.
 //! - [`rpc`]: the MPREG-compatible client protocol, dependency resolution and execution.
 //! - [`net`]: the WebSocket server and client.
+//! - [`fabric`]: peers, membership, catalog gossip, failure detection and remote routing.
 //! - [`config`]: limits and timeouts, with their defaults and environment variables.
 
 pub mod bench;
 pub mod config;
 pub mod error;
+pub mod fabric;
 pub mod net;
 pub mod node;
 pub mod plugins;

@@ -10,6 +10,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Limits, SHUTDOWN_GRACE};
+use crate::fabric::{Fabric, FabricConfig};
+use crate::net::server::PeerHandler;
 use crate::plugins::{self, PluginDir, WatchHandle};
 use crate::rpc::Executor;
 use crate::runtime::Runtime;
@@ -24,6 +26,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Where compiled components are kept between runs; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// How the node takes part in the fabric (`advertise_url` empty: the listener's URL).
+    pub fabric: Option<FabricConfig>,
 }
 
 /// A node serving clients.
@@ -33,6 +37,7 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
     _watch: Option<WatchHandle>,
+    fabric: Option<Arc<Fabric>>,
     _runtime: Arc<Runtime>,
 }
 
@@ -76,7 +81,14 @@ impl Node {
             _ => format!("ws://{host}:{}", local.port()),
         };
         let (shutdown, stop) = watch::channel(false);
-        let server = tokio::spawn(crate::net::server::serve(listener, executor.clone(), stop));
+        let fabric = config.fabric.map(|mut fabric| {
+            if fabric.advertise_url.is_empty() {
+                fabric.advertise_url = url.clone();
+            }
+            Fabric::start(fabric, executor.clone(), stop.clone())
+        });
+        let peers = fabric.clone().map(|f| f as Arc<dyn PeerHandler>);
+        let server = tokio::spawn(crate::net::server::serve(listener, executor.clone(), peers, stop));
         tracing::info!(%url, commands = executor.table().commands().len(), "node serving");
         Ok(Node {
             url,
@@ -84,6 +96,7 @@ impl Node {
             shutdown,
             server,
             _watch: watch,
+            fabric,
             _runtime: runtime,
         })
     }
@@ -97,8 +110,12 @@ impl Node {
         &self.executor
     }
 
-    /// Stops accepting, lets requests in flight finish (up to a grace period) and stops.
+    /// Leaves the fabric (peers drop this node at once), stops accepting, lets requests in
+    /// flight finish (up to a grace period) and stops.
     pub async fn shutdown(self) {
+        if let Some(fabric) = &self.fabric {
+            fabric.leave().await;
+        }
         let _ = self.shutdown.send(true);
         let mut server = self.server;
         if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {

@@ -48,6 +48,10 @@ impl TestNode {
         if !extra_args.iter().any(|a| a.starts_with("--cache-dir")) {
             args.push(format!("--cache-dir={}", cache.path().display()));
         }
+        // Every test node has an identity of its own.
+        if !extra_args.iter().any(|a| a.starts_with("--node-id") || a.starts_with("--data-dir")) {
+            args.push(format!("--data-dir={}", cache.path().join("data").display()));
+        }
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let process = NodeProcess::spawn(Path::new(env!("CARGO_BIN_EXE_weft")), &args, Duration::from_secs(60))
             .await

@@ -94,6 +94,68 @@ pub async fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(clap::Args)]
+pub struct FabricArgs {
+    /// Print the raw JSON report.
+    #[arg(long)]
+    json: bool,
+    /// The node to ask.
+    #[arg(long, env = "WEFT_URL", default_value = "ws://127.0.0.1:6000")]
+    url: String,
+}
+
+/// `weft peers`: the members this node knows, with state, link and round-trip time.
+pub async fn peers(args: FabricArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::connect(&args.url).await?;
+    let report = client.call("weft.peers", Vec::new(), Map::new(), &[]).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    println!(
+        "node {} of cluster {} at {}",
+        text(&report["node"]),
+        text(&report["cluster"]),
+        text(&report["url"])
+    );
+    for peer in report["peers"].as_array().into_iter().flatten() {
+        let rtt = peer["rtt_us"]
+            .as_u64()
+            .map_or("-".to_string(), |us| format!("{:.2} ms", us as f64 / 1000.0));
+        println!(
+            "  {}  {}  {}  rtt {rtt}  commands {}",
+            text(&peer["node"]),
+            text(&peer["state"]),
+            text(&peer["url"]),
+            peer["commands"].as_u64().unwrap_or(0)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `weft catalog`: every command of the fabric, with its tags and the nodes serving it.
+pub async fn catalog(args: FabricArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::connect(&args.url).await?;
+    let report = client.call("weft.catalog", Vec::new(), Map::new(), &[]).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    for row in report.as_array().into_iter().flatten() {
+        let tags: Vec<String> = row["tags"].as_array().into_iter().flatten().map(text).collect();
+        println!(
+            "{} {} [{}] on {}",
+            text(&row["command"]),
+            text(&row["version"]),
+            tags.join(","),
+            text(&row["node"])
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
     let positional: Vec<Value> = args.args.iter().map(|a| parse_arg(a)).collect();
     let mut kwargs = Map::new();

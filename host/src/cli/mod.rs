@@ -27,6 +27,10 @@ enum Command {
     Call(client::CallArgs),
     /// Send a multi-command request from a JSON file (or `-` for standard input).
     Request(client::RequestArgs),
+    /// The members a node knows: id, URL, state, round-trip time.
+    Peers(client::FabricArgs),
+    /// Every command of the fabric, with its tags and the nodes serving it.
+    Catalog(client::FabricArgs),
     /// List a node's plugins: file, digest, state, commands, tags, last error.
     Plugins(client::PluginsArgs),
     /// Measure call latency and throughput against the raw WebSocket limit.
@@ -52,6 +56,8 @@ pub fn main() -> ExitCode {
             Command::Call(args) => client::call(args).await,
             Command::Request(args) => client::request(args).await,
             Command::Plugins(args) => client::plugins(args).await,
+            Command::Peers(args) => client::peers(args).await,
+            Command::Catalog(args) => client::catalog(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::RawEcho(args) => bench::raw_echo(args).await,
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use weft::config::{self, Limits};
+use weft::fabric::{FabricConfig, Timing};
 use weft::node::{Node, NodeConfig};
 
 #[derive(clap::Args)]
@@ -40,6 +41,27 @@ pub struct NodeArgs {
     /// else ~/.cache/weft/compiled].
     #[arg(long, env = "WEFT_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// A node to join the fabric through (its client URL); repeatable.
+    #[arg(long = "seed", env = "WEFT_SEEDS", value_delimiter = ',')]
+    seeds: Vec<String>,
+    /// The cluster this node belongs to; nodes of other clusters are refused.
+    #[arg(long, env = "WEFT_CLUSTER", default_value = "default")]
+    cluster: String,
+    /// Secret shared by the cluster's nodes; proven in every peer handshake, never sent.
+    #[arg(long, env = "WEFT_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+    /// The node's identity [default: a random id kept in DATA_DIR/node-id].
+    #[arg(long, env = "WEFT_NODE_ID")]
+    node_id: Option<String>,
+    /// Where the node keeps its identity [default: $XDG_DATA_HOME/weft, else ~/.local/share/weft].
+    #[arg(long, env = "WEFT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The URL peers and clients reach this node at [default: the listener's address].
+    #[arg(long, env = "WEFT_ADVERTISE")]
+    advertise: Option<String>,
+    /// Peers linked directly at most.
+    #[arg(long, env = "WEFT_MAX_MESH", default_value_t = 32)]
+    max_mesh: usize,
     /// Compile every plugin at every load; keep nothing on disk.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
@@ -64,12 +86,27 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         (false, Some(dir)) => Some(dir),
         (false, None) => default_cache_dir(),
     };
+    let node_id = match args.node_id {
+        Some(id) => id,
+        None => persistent_node_id(args.data_dir.or_else(default_data_dir))?,
+    };
+    let fabric = FabricConfig {
+        node_id,
+        cluster: args.cluster,
+        secret: args.cluster_secret.unwrap_or_default().into_bytes(),
+        advertise_url: args.advertise.unwrap_or_default(),
+        seeds: args.seeds.into_iter().filter(|s| !s.is_empty()).collect(),
+        max_mesh: args.max_mesh.max(1),
+        timing: Timing::default(),
+    };
+    tracing::info!(node = %fabric.node_id, cluster = %fabric.cluster, seeds = ?fabric.seeds, "joining the fabric");
     let node = Node::start(NodeConfig {
         listen: args.listen,
         plugins: args.plugins,
         resources,
         limits,
         cache_dir,
+        fabric: Some(fabric),
     })
     .await?;
     {
@@ -99,4 +136,36 @@ fn default_cache_dir() -> Option<PathBuf> {
         .filter(|p| p.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
     Some(base.join("weft").join("compiled"))
+}
+
+fn default_data_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))?;
+    Some(base.join("weft"))
+}
+
+/// The node id kept in `dir/node-id`, created (random) on first use.
+fn persistent_node_id(dir: Option<PathBuf>) -> anyhow::Result<String> {
+    let random = || {
+        let nonce = weft::fabric::auth::nonce();
+        nonce[..8].iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let Some(dir) = dir else {
+        let id = random();
+        tracing::warn!(node = %id, "no data directory: this node id lasts until the node stops (--node-id, --data-dir)");
+        return Ok(id);
+    };
+    let file = dir.join("node-id");
+    if let Ok(id) = std::fs::read_to_string(&file) {
+        let id = id.trim().to_string();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    let id = random();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(&file, format!("{id}\n")).with_context(|| format!("writing {}", file.display()))?;
+    Ok(id)
 }

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response as HandshakeResponse};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
@@ -25,14 +26,26 @@ use crate::config::MAX_INFLIGHT_PER_CONNECTION;
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::rpc::{codes, ErrorBody, Executor, Response};
 
-/// Accepts client connections until `shutdown` turns true, then waits for connections to end.
-pub async fn serve(listener: TcpListener, executor: Arc<Executor>, mut shutdown: watch::Receiver<bool>) {
+/// Takes over WebSocket connections made to the peer path ([`crate::fabric::wire::PEER_PATH`]).
+pub trait PeerHandler: Send + Sync + 'static {
+    fn accept(&self, ws: WebSocketStream<TcpStream>)
+        -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+}
+
+/// Accepts client connections (and, with `peers`, peer connections) until `shutdown` turns
+/// true, then waits for connections to end.
+pub async fn serve(
+    listener: TcpListener,
+    executor: Arc<Executor>,
+    peers: Option<Arc<dyn PeerHandler>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(connection(stream, peer, executor.clone(), shutdown.clone()));
+                    connections.spawn(connection(stream, peer, executor.clone(), peers.clone(), shutdown.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -48,7 +61,13 @@ pub async fn serve(listener: TcpListener, executor: Arc<Executor>, mut shutdown:
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(%peer))]
-async fn connection(stream: TcpStream, peer: SocketAddr, executor: Arc<Executor>, mut shutdown: watch::Receiver<bool>) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    executor: Arc<Executor>,
+    peers: Option<Arc<dyn PeerHandler>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
     }
@@ -58,13 +77,27 @@ async fn connection(stream: TcpStream, peer: SocketAddr, executor: Arc<Executor>
     let config = WebSocketConfig::default()
         .max_message_size(Some(hard_limit))
         .max_frame_size(Some(hard_limit));
-    let ws = match tokio_tungstenite::accept_async_with_config(stream, Some(config)).await {
+    let mut path = String::new();
+    // The callback's signature is tungstenite's; its error type is not ours to shrink.
+    #[allow(clippy::result_large_err)]
+    let remember_path = |request: &Request, response: HandshakeResponse| {
+        path = request.uri().path().to_string();
+        Ok(response)
+    };
+    let ws = match tokio_tungstenite::accept_hdr_async_with_config(stream, remember_path, Some(config)).await {
         Ok(ws) => ws,
         Err(e) => {
             tracing::debug!(error = %e, "websocket handshake failed");
             return;
         }
     };
+    if path == crate::fabric::wire::PEER_PATH {
+        match peers {
+            Some(peers) => peers.accept(ws).await,
+            None => tracing::debug!("peer connection refused: this node takes no peers"),
+        }
+        return;
+    }
     // Requests of one connection run concurrently inside this task, and replies are written
     // from it as well: a request answered at once costs no task switch. Writing never blocks
     // the requests: replies wait in `outbox` while the socket is full, and reading pauses while

@@ -40,8 +40,12 @@ pub fn select(name: &str, selector: &Selector, node_tags: &[String]) -> Result<(
 /// `weft.plugins`: what `weft plugins` shows (answered by the executor, which has the table).
 pub const PLUGINS: &str = "weft.plugins";
 
+/// `weft.peers` and `weft.catalog`: the fabric as this node sees it.
+pub const PEERS: &str = "weft.peers";
+pub const CATALOG: &str = "weft.catalog";
+
 /// Names of the built-in commands.
-pub const NAMES: [&str; 3] = ["echo", "echos", PLUGINS];
+pub const NAMES: [&str; 5] = ["echo", "echos", PLUGINS, PEERS, CATALOG];
 
 /// Runs a built-in command (one of [`NAMES`]).
 pub fn run(name: &str, args: Vec<Value>, kwargs: Map<String, Value>) -> Result<Value, CommandError> {

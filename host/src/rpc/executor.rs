@@ -19,9 +19,32 @@ use crate::error::CommandError;
 use crate::plugins::{CommandTable, Selector};
 use crate::runtime::{CallContext, CallFuture, GuestCall, HostCalls};
 
+/// A future answered by another node.
+pub type RemoteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, CommandError>> + Send>>;
+
+/// A call for another node.
+pub struct RemoteCall {
+    pub fun: String,
+    pub args: Vec<Value>,
+    pub kwargs: Map<String, Value>,
+    pub selector: Selector,
+    pub context: CallContext,
+}
+
+/// Where calls go that no local command serves: the fabric.
+pub trait Remote: Send + Sync + 'static {
+    fn call(&self, call: RemoteCall) -> RemoteFuture;
+    /// What `weft.peers` answers.
+    fn peers(&self) -> Value;
+    /// What `weft.catalog` answers.
+    fn catalog(&self) -> Value;
+}
+
 /// Executes client requests and calls made by plugins.
 pub struct Executor {
     table: RwLock<Arc<CommandTable>>,
+    table_changes: tokio::sync::watch::Sender<u64>,
+    remote: std::sync::OnceLock<Arc<dyn Remote>>,
     node_tags: Vec<String>,
     limits: Limits,
     me: Weak<Executor>,
@@ -31,6 +54,8 @@ impl Executor {
     pub fn new(limits: Limits, node_tags: Vec<String>) -> Arc<Self> {
         Arc::new_cyclic(|me| Executor {
             table: RwLock::new(Arc::new(CommandTable::default())),
+            table_changes: tokio::sync::watch::channel(0).0,
+            remote: std::sync::OnceLock::new(),
             node_tags,
             limits,
             me: me.clone(),
@@ -42,6 +67,17 @@ impl Executor {
         if let Ok(mut current) = self.table.write() {
             *current = Arc::new(table);
         }
+        self.table_changes.send_modify(|version| *version += 1);
+    }
+
+    /// Notified whenever the table of local commands changes.
+    pub fn subscribe_table(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.table_changes.subscribe()
+    }
+
+    /// Routes calls no local command serves to `remote` (set once, by the fabric).
+    pub fn set_remote(&self, remote: Arc<dyn Remote>) {
+        let _ = self.remote.set(remote);
     }
 
     /// The current table of local commands.
@@ -229,8 +265,35 @@ impl Executor {
         }
     }
 
-    /// Runs one command on this node: a built-in or a local plugin.
+    /// Runs one command: here when a built-in or a local plugin serves it (local first),
+    /// else on another node of the fabric.
     pub async fn dispatch(
+        &self,
+        fun: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        selector: &Selector,
+        context: CallContext,
+    ) -> Result<Value, CommandError> {
+        let remote = self.remote.get().filter(|_| !builtins::NAMES.contains(&fun));
+        let local_match = self.table().find(fun, selector).is_ok();
+        match remote {
+            Some(remote) if !local_match => {
+                let call = RemoteCall {
+                    fun: fun.to_string(),
+                    args,
+                    kwargs,
+                    selector: selector.clone(),
+                    context,
+                };
+                Box::pin(remote.call(call)).await
+            }
+            _ => self.dispatch_local(fun, args, kwargs, selector, context).await,
+        }
+    }
+
+    /// Runs one command on this node only: a built-in or a local plugin.
+    pub async fn dispatch_local(
         &self,
         fun: &str,
         args: Vec<Value>,
@@ -240,11 +303,14 @@ impl Executor {
     ) -> Result<Value, CommandError> {
         if builtins::NAMES.contains(&fun) {
             builtins::select(fun, selector, &self.node_tags)?;
-            if fun == builtins::PLUGINS {
-                return serde_json::to_value(self.table().reports())
-                    .map_err(|e| CommandError::Failed(format!("{fun}: {e}")));
-            }
-            return builtins::run(fun, args, kwargs);
+            let remote = self.remote.get();
+            return match fun {
+                builtins::PLUGINS => serde_json::to_value(self.table().reports())
+                    .map_err(|e| CommandError::Failed(format!("{fun}: {e}"))),
+                builtins::PEERS => Ok(remote.map_or(Value::Null, |r| r.peers())),
+                builtins::CATALOG => Ok(remote.map_or(Value::Array(Vec::new()), |r| r.catalog())),
+                _ => builtins::run(fun, args, kwargs),
+            };
         }
         let table = self.table();
         let command = table.find(fun, selector)?;

@@ -7,5 +7,5 @@ mod plan;
 mod protocol;
 
 pub use builtins::NAMES as BUILTIN_COMMANDS;
-pub use executor::Executor;
+pub use executor::{Executor, Remote, RemoteCall, RemoteFuture};
 pub use protocol::{codes, ErrorBody, Request, RequestCommand, Response};

@@ -1,0 +1,389 @@
+//! The fabric: nodes that find each other from seeds, gossip who serves what, watch each other
+//! for failure, and route calls to any node that can serve them.
+//!
+//! - [`wire`]: the peer messages (binary MessagePack frames on the `/fabric` WebSocket path).
+//! - [`auth`]: the cluster-secret proof of the handshake.
+//! - [`link`]: one authenticated connection to a peer: handshake, frames, pings.
+//! - [`state`]: members, catalogs, links, and the choice of a replica.
+//!
+//! Every node owns its catalog entries: a node accepts a catalog only from the link of the node
+//! it describes, so no node can advertise commands for another. Links form a full mesh (up to
+//! `max_mesh` peers); anti-entropy digests repair any catalog update that was missed.
+
+pub mod auth;
+mod link;
+mod state;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::error::CommandError;
+use crate::net::server::PeerHandler;
+use crate::plugins::Selector;
+use crate::rpc::{Executor, Remote, RemoteCall, RemoteFuture};
+use crate::runtime::CallContext;
+use state::State;
+use wire::{CallRequest, CatalogEntry, PeerMessage, WireError};
+
+/// Timings of failure detection and repair, with their defaults.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// How often each link is pinged.
+    pub ping: Duration,
+    /// A link that carried nothing for this long is closed and its node suspected.
+    pub link_timeout: Duration,
+    /// A suspected node that cannot be reached again within this is declared dead.
+    pub suspect_timeout: Duration,
+    /// How often catalog digests are exchanged.
+    pub anti_entropy: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            ping: Duration::from_millis(250),
+            link_timeout: Duration::from_millis(1500),
+            suspect_timeout: Duration::from_millis(1000),
+            anti_entropy: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How a node takes part in the fabric.
+#[derive(Debug, Clone)]
+pub struct FabricConfig {
+    /// The node's stable identity.
+    pub node_id: String,
+    pub cluster: String,
+    /// Shared by every node of the cluster; proven, never sent.
+    pub secret: Vec<u8>,
+    /// The URL other nodes (and clients) reach this node at.
+    pub advertise_url: String,
+    pub seeds: Vec<String>,
+    /// Peers linked directly at most.
+    pub max_mesh: usize,
+    pub timing: Timing,
+}
+
+/// This node's part of the fabric.
+pub struct Fabric {
+    config: FabricConfig,
+    executor: Arc<Executor>,
+    state: Mutex<State>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
+    me: Weak<Fabric>,
+    stop: watch::Receiver<bool>,
+}
+
+struct Pending {
+    node: String,
+    reply: oneshot::Sender<Result<Value, WireError>>,
+}
+
+impl Fabric {
+    /// Starts taking part: dials the seeds, keeps links, gossips, and answers peers.
+    pub fn start(config: FabricConfig, executor: Arc<Executor>, stop: watch::Receiver<bool>) -> Arc<Fabric> {
+        if config.secret.is_empty() {
+            tracing::warn!("no cluster secret is set: any node that knows the cluster id can join (--cluster-secret)");
+        }
+        let fabric = Arc::new_cyclic(|me| Fabric {
+            state: Mutex::new(State::new(&config)),
+            config,
+            executor: executor.clone(),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            me: me.clone(),
+            stop,
+        });
+        executor.set_remote(fabric.clone());
+        tokio::spawn(fabric.clone().maintain());
+        tokio::spawn(fabric.clone().publish_local_catalog());
+        fabric
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    /// Tells every peer this node leaves, so they drop it at once.
+    pub async fn leave(&self) {
+        let links = self.with_state(|s| s.link_senders());
+        for (_, tx) in &links {
+            let _ = tx
+                .send(PeerMessage::Leave {
+                    node: self.config.node_id.clone(),
+                })
+                .await;
+        }
+        // Let the writers put the frames on the wire.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        match self.state.lock() {
+            Ok(mut state) => f(&mut state),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// Keeps the mesh: dials members and seeds, declares suspects dead, exchanges digests.
+    async fn maintain(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_digest = Instant::now();
+        let mut stop = self.stop.clone();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let now = Instant::now();
+            let (dials, dead) = self.with_state(|s| s.plan_maintenance(now, &self.config));
+            for (node, incarnation) in dead {
+                tracing::warn!(peer = %node, "peer declared dead; its commands are withdrawn");
+                self.broadcast(PeerMessage::Dead { node, incarnation }).await;
+            }
+            for url in dials {
+                tokio::spawn(link::dial(self.clone(), url));
+            }
+            if now.duration_since(last_digest) >= self.config.timing.anti_entropy {
+                last_digest = now;
+                let version = self.with_state(|s| s.local_version());
+                self.broadcast(PeerMessage::Digest {
+                    versions: vec![(self.config.node_id.clone(), version)],
+                })
+                .await;
+            }
+        }
+    }
+
+    /// Follows the local command table and pushes this node's catalog whenever it changes.
+    async fn publish_local_catalog(self: Arc<Self>) {
+        let mut changes = self.executor.subscribe_table();
+        let mut stop = self.stop.clone();
+        loop {
+            let entries: Vec<CatalogEntry> = self
+                .executor
+                .table()
+                .commands()
+                .into_iter()
+                .map(|c| CatalogEntry {
+                    command: c.name.clone(),
+                    tags: c.tags.iter().cloned().collect(),
+                    version: c.version.to_string(),
+                    digest: c.plugin.digest().to_string(),
+                })
+                .collect();
+            let message = self.with_state(|s| s.set_local_catalog(entries, &self.config.node_id));
+            if let Some(message) = message {
+                self.broadcast(message).await;
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    async fn broadcast(&self, message: PeerMessage) {
+        let links = self.with_state(|s| s.link_senders());
+        for (_, tx) in links {
+            let _ = tx.send(message.clone()).await;
+        }
+    }
+
+    /// Runs a call that came from a peer, on this node only.
+    async fn serve_call(self: Arc<Self>, request: CallRequest, reply: tokio::sync::mpsc::Sender<PeerMessage>) {
+        let limits = self.executor.limits();
+        let budget = Duration::from_millis(request.deadline_ms).min(limits.call_deadline);
+        let context = CallContext {
+            deadline: Instant::now() + budget,
+            budget,
+            depth: request.depth,
+            memory_limit_bytes: limits.memory_limit_bytes,
+        };
+        let selector = Selector {
+            locs: request.locs,
+            function_id: request.function_id,
+            version_constraint: request.version_constraint,
+        };
+        let outcome = self
+            .executor
+            .dispatch_local(&request.fun, request.args, request.kwargs, &selector, context)
+            .await
+            .map_err(|e| WireError {
+                kind: e.kind().to_string(),
+                message: e.to_string(),
+            });
+        let _ = reply
+            .send(PeerMessage::Reply {
+                id: request.id,
+                outcome,
+            })
+            .await;
+    }
+
+    fn complete(&self, id: u64, outcome: Result<Value, WireError>) {
+        let pending = self.pending.lock().ok().and_then(|mut p| p.remove(&id));
+        if let Some(pending) = pending {
+            let _ = pending.reply.send(outcome);
+        }
+    }
+
+    /// Fails every call waiting on `node` (its link went away).
+    fn fail_pending(&self, node: &str) {
+        let failed: Vec<Pending> = match self.pending.lock() {
+            Ok(mut pending) => {
+                let ids: Vec<u64> = pending
+                    .iter()
+                    .filter(|(_, p)| p.node == node)
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.into_iter().filter_map(|id| pending.remove(&id)).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        drop(failed);
+    }
+
+    async fn call_remote(self: Arc<Self>, call: RemoteCall) -> Result<Value, CommandError> {
+        let RemoteCall {
+            fun,
+            args,
+            kwargs,
+            selector,
+            context,
+        } = call;
+        let mut tried = Vec::new();
+        loop {
+            let Some((node, tx, stats)) = self.with_state(|s| s.choose(&fun, &selector, &tried)) else {
+                return Err(not_found(&fun, &selector, !tried.is_empty()));
+            };
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let (reply, answer) = oneshot::channel();
+            if let Ok(mut pending) = self.pending.lock() {
+                pending.insert(
+                    id,
+                    Pending {
+                        node: node.clone(),
+                        reply,
+                    },
+                );
+            }
+            let remaining = context.deadline.saturating_duration_since(Instant::now());
+            let request = CallRequest {
+                id,
+                fun: fun.clone(),
+                args: args.clone(),
+                kwargs: kwargs.clone(),
+                locs: selector.locs.clone(),
+                function_id: selector.function_id.clone(),
+                version_constraint: selector.version_constraint.clone(),
+                deadline_ms: remaining.as_millis() as u64,
+                depth: context.depth,
+            };
+            stats.inflight.fetch_add(1, Ordering::Relaxed);
+            let _guard = Inflight(&stats.inflight);
+            if tx.send(PeerMessage::Call(request)).await.is_err() {
+                // Never sent: it cannot have run; try another replica.
+                if let Ok(mut pending) = self.pending.lock() {
+                    pending.remove(&id);
+                }
+                tried.push(node);
+                continue;
+            }
+            return match tokio::time::timeout_at(context.deadline + Duration::from_millis(50), answer).await {
+                Ok(Ok(Ok(value))) => Ok(value),
+                Ok(Ok(Err(error))) => Err(from_wire(error)),
+                Ok(Err(_)) => Err(CommandError::Failed(format!(
+                    "{fun}: node `{node}` went away before answering; the command may have run"
+                ))),
+                Err(_) => {
+                    if let Ok(mut pending) = self.pending.lock() {
+                        pending.remove(&id);
+                    }
+                    Err(CommandError::Timeout(format!(
+                        "{fun}: node `{node}` did not answer within the deadline of {} ms",
+                        context.budget.as_millis()
+                    )))
+                }
+            };
+        }
+    }
+}
+
+struct Inflight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn not_found(fun: &str, selector: &Selector, tried: bool) -> CommandError {
+    if tried {
+        return CommandError::NotFound(format!("command `{fun}`: every node serving it went away"));
+    }
+    if selector.locs.is_empty() {
+        CommandError::NotFound(format!("command `{fun}` not found on this node or any peer"))
+    } else {
+        CommandError::NotFound(format!(
+            "command `{fun}` not found with resources {:?} on this node or any peer",
+            selector.locs
+        ))
+    }
+}
+
+fn from_wire(error: WireError) -> CommandError {
+    match error.kind.as_str() {
+        "not-found" => CommandError::NotFound(error.message),
+        "invalid-args" => CommandError::InvalidArgs(error.message),
+        "denied" => CommandError::Denied(error.message),
+        "timeout" => CommandError::Timeout(error.message),
+        _ => CommandError::Failed(error.message),
+    }
+}
+
+impl Remote for Fabric {
+    fn call(&self, call: RemoteCall) -> RemoteFuture {
+        let me = self.me.upgrade();
+        Box::pin(async move {
+            match me {
+                Some(me) => me.call_remote(call).await,
+                None => Err(CommandError::Failed("the node is shutting down".into())),
+            }
+        })
+    }
+
+    fn peers(&self) -> Value {
+        self.with_state(|s| s.peers_report(&self.config))
+    }
+
+    fn catalog(&self) -> Value {
+        self.with_state(|s| s.catalog_report(&self.config.node_id))
+    }
+}
+
+impl PeerHandler for Fabric {
+    fn accept(
+        &self,
+        ws: WebSocketStream<TcpStream>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let me = self.me.upgrade();
+        Box::pin(async move {
+            if let Some(me) = me {
+                link::accept(me, ws).await;
+            }
+        })
+    }
+}

@@ -1,0 +1,427 @@
+//! What a node knows of the fabric: members, their catalogs, its links, and how it picks the
+//! replica a call goes to.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::wire::{CatalogEntry, MemberInfo, PeerMessage};
+use super::FabricConfig;
+use crate::plugins::Selector;
+
+/// Live figures of one link, shared with the calls that use it.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Smoothed round-trip time, µs (0 until measured).
+    pub rtt_us: AtomicU64,
+    /// Calls sent on the link and not answered yet.
+    pub inflight: AtomicUsize,
+}
+
+pub struct LinkHandle {
+    pub id: u64,
+    pub tx: mpsc::Sender<PeerMessage>,
+    pub stats: Arc<LinkStats>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Alive,
+    /// Its link went away; not yet confirmed dead.
+    Suspect,
+    Dead,
+    Left,
+}
+
+pub struct Member {
+    pub url: String,
+    pub incarnation: u64,
+    pub status: Status,
+    pub since: Instant,
+}
+
+struct Backoff {
+    failures: u32,
+    next: Instant,
+}
+
+pub struct State {
+    me: String,
+    my_url: String,
+    pub incarnation: u64,
+    local_version: u64,
+    local_entries: Vec<CatalogEntry>,
+    links: HashMap<String, LinkHandle>,
+    members: HashMap<String, Member>,
+    catalogs: HashMap<String, (u64, Vec<CatalogEntry>)>,
+    /// URLs being dialed now.
+    pub dialing: HashSet<String>,
+    backoff: HashMap<String, Backoff>,
+    seeds: Vec<String>,
+    next_link: u64,
+    rng: u64,
+}
+
+impl State {
+    pub fn new(config: &FabricConfig) -> Self {
+        State {
+            me: config.node_id.clone(),
+            my_url: config.advertise_url.clone(),
+            // A restarted node outranks rumours about its previous life.
+            incarnation: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_millis() as u64),
+            local_version: 0,
+            local_entries: Vec::new(),
+            links: HashMap::new(),
+            members: HashMap::new(),
+            catalogs: HashMap::new(),
+            dialing: HashSet::new(),
+            backoff: HashMap::new(),
+            seeds: config.seeds.clone(),
+            next_link: 1,
+            rng: super::auth::nonce()
+                .iter()
+                .fold(0x9e37_79b9_7f4a_7c15u64, |h, b| h.rotate_left(8) ^ u64::from(*b)),
+        }
+    }
+
+    pub fn local_version(&self) -> u64 {
+        self.local_version
+    }
+
+    /// Replaces this node's own catalog; returns the message announcing it when it changed.
+    pub fn set_local_catalog(&mut self, entries: Vec<CatalogEntry>, me: &str) -> Option<PeerMessage> {
+        if entries == self.local_entries && self.local_version > 0 {
+            return None;
+        }
+        self.local_entries = entries;
+        self.local_version += 1;
+        Some(self.local_catalog_message(me))
+    }
+
+    pub fn local_catalog_message(&self, me: &str) -> PeerMessage {
+        PeerMessage::Catalog {
+            node: me.to_string(),
+            version: self.local_version,
+            entries: self.local_entries.clone(),
+        }
+    }
+
+    /// Every member this node knows alive, itself included.
+    pub fn members_message(&self) -> PeerMessage {
+        let mut members: Vec<MemberInfo> = self
+            .members
+            .iter()
+            .filter(|(_, m)| matches!(m.status, Status::Alive))
+            .map(|(node, m)| MemberInfo {
+                node: node.clone(),
+                url: m.url.clone(),
+                incarnation: m.incarnation,
+            })
+            .collect();
+        members.push(MemberInfo {
+            node: self.me.clone(),
+            url: self.my_url.clone(),
+            incarnation: self.incarnation,
+        });
+        PeerMessage::Members { members }
+    }
+
+    /// Registers a new authenticated link; `None` when the node is already linked.
+    pub fn add_link(&mut self, node: &str, url: &str, tx: mpsc::Sender<PeerMessage>) -> Option<(u64, Arc<LinkStats>)> {
+        if self.links.contains_key(node) {
+            return None;
+        }
+        let id = self.next_link;
+        self.next_link += 1;
+        let stats = Arc::new(LinkStats::default());
+        self.links.insert(
+            node.to_string(),
+            LinkHandle {
+                id,
+                tx,
+                stats: stats.clone(),
+            },
+        );
+        self.backoff.remove(url);
+        let member = self.members.entry(node.to_string()).or_insert_with(|| Member {
+            url: url.to_string(),
+            incarnation: 0,
+            status: Status::Alive,
+            since: Instant::now(),
+        });
+        member.url = url.to_string();
+        member.status = Status::Alive;
+        member.since = Instant::now();
+        Some((id, stats))
+    }
+
+    /// Forgets link `id` of `node`; its node becomes a suspect unless it left.
+    pub fn remove_link(&mut self, node: &str, id: u64) {
+        if self.links.get(node).is_some_and(|l| l.id == id) {
+            self.links.remove(node);
+            if let Some(member) = self.members.get_mut(node) {
+                if member.status == Status::Alive {
+                    member.status = Status::Suspect;
+                    member.since = Instant::now();
+                }
+            }
+        }
+    }
+
+    pub fn link_senders(&self) -> Vec<(String, mpsc::Sender<PeerMessage>)> {
+        self.links
+            .iter()
+            .map(|(node, l)| (node.clone(), l.tx.clone()))
+            .collect()
+    }
+
+    /// Learns members from gossip; a higher incarnation revives a dead or departed member.
+    pub fn learn_members(&mut self, members: Vec<MemberInfo>) {
+        for info in members {
+            if info.node == self.me {
+                continue;
+            }
+            match self.members.get_mut(&info.node) {
+                Some(member) => {
+                    if info.incarnation > member.incarnation {
+                        member.incarnation = info.incarnation;
+                        member.url = info.url;
+                        if matches!(member.status, Status::Dead | Status::Left) {
+                            member.status = Status::Suspect;
+                            member.since = Instant::now();
+                        }
+                    }
+                }
+                None => {
+                    self.members.insert(
+                        info.node,
+                        Member {
+                            url: info.url,
+                            incarnation: info.incarnation,
+                            status: Status::Suspect,
+                            since: Instant::now(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Stores `node`'s catalog when it is newer than the one held.
+    pub fn learn_catalog(&mut self, node: &str, version: u64, entries: Vec<CatalogEntry>) -> bool {
+        match self.catalogs.get(node) {
+            Some((held, _)) if *held >= version => false,
+            _ => {
+                self.catalogs.insert(node.to_string(), (version, entries));
+                true
+            }
+        }
+    }
+
+    pub fn catalog_version(&self, node: &str) -> u64 {
+        self.catalogs.get(node).map_or(0, |(v, _)| *v)
+    }
+
+    /// `node` left: forget its catalog at once.
+    pub fn node_left(&mut self, node: &str) {
+        self.catalogs.remove(node);
+        if let Some(member) = self.members.get_mut(node) {
+            member.status = Status::Left;
+            member.since = Instant::now();
+        }
+    }
+
+    /// A peer reports `node` dead. Believed unless this node hears from it itself.
+    pub fn rumour_dead(&mut self, node: &str, incarnation: u64) {
+        if self.links.contains_key(node) {
+            return;
+        }
+        if let Some(member) = self.members.get_mut(node) {
+            if member.incarnation <= incarnation && member.status != Status::Left {
+                member.status = Status::Dead;
+                member.since = Instant::now();
+                self.catalogs.remove(node);
+            }
+        }
+    }
+
+    /// What the maintenance tick should do: URLs to dial, and suspects now declared dead.
+    pub fn plan_maintenance(&mut self, now: Instant, config: &FabricConfig) -> (Vec<String>, Vec<(String, u64)>) {
+        let mut dead = Vec::new();
+        for (node, member) in self.members.iter_mut() {
+            if member.status == Status::Suspect
+                && !self.links.contains_key(node)
+                && now.duration_since(member.since) >= config.timing.suspect_timeout
+            {
+                member.status = Status::Dead;
+                member.since = now;
+                self.catalogs.remove(node);
+                dead.push((node.clone(), member.incarnation));
+            }
+        }
+        let mut wanted: Vec<String> = Vec::new();
+        if self.links.len() < config.max_mesh {
+            for (node, member) in &self.members {
+                if matches!(member.status, Status::Alive | Status::Suspect) && !self.links.contains_key(node) {
+                    wanted.push(member.url.clone());
+                }
+            }
+            if self.links.is_empty() {
+                wanted.extend(self.seeds.iter().cloned());
+            }
+        }
+        let mut dials = Vec::new();
+        for url in wanted {
+            if url == self.my_url || self.dialing.contains(&url) || dials.contains(&url) {
+                continue;
+            }
+            if self.backoff.get(&url).is_some_and(|b| b.next > now) {
+                continue;
+            }
+            if self.links.len() + self.dialing.len() >= config.max_mesh {
+                break;
+            }
+            self.dialing.insert(url.clone());
+            dials.push(url);
+        }
+        (dials, dead)
+    }
+
+    /// A dial of `url` failed: wait longer (exponential, with jitter) before the next.
+    pub fn dial_failed(&mut self, url: &str) {
+        self.dialing.remove(url);
+        let jitter = self.random() % 1000;
+        let backoff = self.backoff.entry(url.to_string()).or_insert(Backoff {
+            failures: 0,
+            next: Instant::now(),
+        });
+        backoff.failures = backoff.failures.saturating_add(1);
+        let base =
+            Duration::from_millis(100u64.saturating_mul(1 << backoff.failures.min(6))).min(Duration::from_secs(5));
+        // ±20 %
+        let spread = base.as_millis() as u64 * (800 + jitter * 400 / 1000) / 1000;
+        backoff.next = Instant::now() + Duration::from_millis(spread);
+    }
+
+    pub fn dial_done(&mut self, url: &str) {
+        self.dialing.remove(url);
+    }
+
+    /// The replica for a call: among linked nodes whose catalog has a matching entry, the
+    /// better of two random picks by round-trip time × calls in flight.
+    pub fn choose(
+        &mut self,
+        fun: &str,
+        selector: &Selector,
+        exclude: &[String],
+    ) -> Option<(String, mpsc::Sender<PeerMessage>, Arc<LinkStats>)> {
+        let candidates: Vec<String> = self
+            .catalogs
+            .iter()
+            .filter(|(node, _)| !exclude.contains(node) && self.links.contains_key(*node))
+            .filter(|(_, (_, entries))| entries.iter().any(|e| matches(e, fun, selector)))
+            .map(|(node, _)| node.clone())
+            .collect();
+        let (r1, r2) = (self.random(), self.random());
+        let picked = match candidates.len() {
+            0 => return None,
+            1 => candidates[0].clone(),
+            n => {
+                let a = (r1 % n as u64) as usize;
+                let mut b = (r2 % (n as u64 - 1)) as usize;
+                if b >= a {
+                    b += 1;
+                }
+                let score = |node: &String| {
+                    self.links.get(node).map_or(u64::MAX, |l| {
+                        let rtt = l.stats.rtt_us.load(Ordering::Relaxed).max(1);
+                        rtt.saturating_mul(1 + l.stats.inflight.load(Ordering::Relaxed) as u64)
+                    })
+                };
+                let (a, b) = (&candidates[a], &candidates[b]);
+                if score(a) <= score(b) {
+                    a.clone()
+                } else {
+                    b.clone()
+                }
+            }
+        };
+        let link = self.links.get(&picked)?;
+        Some((picked, link.tx.clone(), link.stats.clone()))
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn peers_report(&self, config: &FabricConfig) -> Value {
+        let mut peers: Vec<Value> = self
+            .members
+            .iter()
+            .map(|(node, m)| {
+                let link = self.links.get(node);
+                json!({
+                    "node": node,
+                    "url": m.url,
+                    "state": match m.status {
+                        Status::Alive => "alive",
+                        Status::Suspect => "suspect",
+                        Status::Dead => "dead",
+                        Status::Left => "left",
+                    },
+                    "linked": link.is_some(),
+                    "rtt_us": link.map(|l| l.stats.rtt_us.load(Ordering::Relaxed)),
+                    "inflight": link.map(|l| l.stats.inflight.load(Ordering::Relaxed)),
+                    "commands": self.catalogs.get(node).map_or(0, |(_, e)| e.len()),
+                })
+            })
+            .collect();
+        peers.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
+        json!({ "node": config.node_id, "cluster": config.cluster, "url": config.advertise_url, "peers": peers })
+    }
+
+    pub fn catalog_report(&self, me: &str) -> Value {
+        let mut rows: Vec<Value> = Vec::new();
+        let own = std::iter::once((me, &self.local_entries));
+        let others = self
+            .catalogs
+            .iter()
+            .map(|(node, (_, entries))| (node.as_str(), entries));
+        for (node, entries) in own.chain(others) {
+            for e in entries {
+                rows.push(json!({ "command": e.command, "tags": e.tags, "version": e.version, "digest": e.digest, "node": node }));
+            }
+        }
+        rows.sort_by(|a, b| {
+            (a["command"].as_str(), a["node"].as_str()).cmp(&(b["command"].as_str(), b["node"].as_str()))
+        });
+        Value::Array(rows)
+    }
+}
+
+/// Whether catalog entry `e` can serve `fun` under `selector`.
+fn matches(e: &CatalogEntry, fun: &str, selector: &Selector) -> bool {
+    e.command == fun
+        && selector.locs.iter().all(|l| e.tags.contains(l))
+        && selector
+            .function_id
+            .as_ref()
+            .is_none_or(|id| *id == format!("{}@{}", e.command, e.version))
+        && selector.version_constraint.as_ref().is_none_or(|c| {
+            semver::VersionReq::parse(c)
+                .ok()
+                .zip(semver::Version::parse(&e.version).ok())
+                .is_some_and(|(req, v)| req.matches(&v))
+        })
+}
