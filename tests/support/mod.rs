@@ -49,7 +49,10 @@ impl TestNode {
             args.push(format!("--cache-dir={}", cache.path().display()));
         }
         // Every test node has an identity of its own.
-        if !extra_args.iter().any(|a| a.starts_with("--node-id") || a.starts_with("--data-dir")) {
+        if !extra_args
+            .iter()
+            .any(|a| a.starts_with("--node-id") || a.starts_with("--data-dir"))
+        {
             args.push(format!("--data-dir={}", cache.path().join("data").display()));
         }
         args.extend(extra_args.iter().map(|a| a.to_string()));
@@ -173,4 +176,52 @@ pub async fn plugin_report(client: &Client, name: &str) -> Value {
         .find(|p| p["name"] == name)
         .cloned()
         .unwrap_or(Value::Null)
+}
+
+/// Starts a node that seeds from `seed` (when given), with a shared test cluster secret.
+pub async fn fabric_node(plugins: &[&str], seed: Option<&TestNode>, extra_args: &[&str]) -> TestNode {
+    let mut args: Vec<String> = vec!["--cluster-secret=test-secret".into()];
+    if let Some(seed) = seed {
+        args.push(format!("--seed={}", seed.url()));
+    }
+    args.extend(extra_args.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    TestNode::start(plugins, &args).await
+}
+
+/// The nodes serving `command`, as `node`'s catalog lists them.
+pub async fn servers_of(node: &TestNode, command: &str) -> Vec<String> {
+    let client = node.client().await;
+    let catalog = client.call("weft.catalog", vec![], Map::new(), &[]).await.unwrap();
+    catalog
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["command"] == command)
+        .map(|row| row["node"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The members `node` knows, with their state.
+pub async fn peer_states(node: &TestNode) -> Vec<(String, String)> {
+    let client = node.client().await;
+    let report = client.call("weft.peers", vec![], Map::new(), &[]).await.unwrap();
+    report["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["node"].as_str().unwrap().to_string(),
+                p["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// This node's id, as the fabric knows it.
+pub async fn node_id(node: &TestNode) -> String {
+    let client = node.client().await;
+    let report = client.call("weft.peers", vec![], Map::new(), &[]).await.unwrap();
+    report["node"].as_str().unwrap().to_string()
 }

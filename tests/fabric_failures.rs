@@ -1,0 +1,160 @@
+//! Nodes that leave, die, stall or do not belong.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{eventually, fabric_node, no_kwargs, peer_states, servers_of, TestNode};
+
+const CONVERGE: Duration = Duration::from_secs(10);
+
+async fn state_of(node: &TestNode, peer: &str) -> Option<String> {
+    peer_states(node)
+        .await
+        .into_iter()
+        .find(|(id, _)| id == peer)
+        .map(|(_, state)| state)
+}
+
+fn signal(node: &TestNode, signal: &str) {
+    let pid = node.process.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[tokio::test]
+async fn a_node_that_leaves_is_dropped_at_once() {
+    // Scenario 24: hub + two nodes; node 1 stops gracefully.
+    let hub = fabric_node(&[], None, &[]).await;
+    let mut n1 = fabric_node(&["math"], Some(&hub), &[]).await;
+    let n2 = fabric_node(&["text"], Some(&hub), &[]).await;
+    let (id1, id2) = (support::node_id(&n1).await, support::node_id(&n2).await);
+    assert!(
+        eventually(CONVERGE, || async {
+            servers_of(&hub, "math.add").await == vec![id1.clone()]
+        })
+        .await
+    );
+    let started = Instant::now();
+    signal(&n1, "-TERM");
+    assert!(
+        eventually(CONVERGE, || async {
+            state_of(&hub, &id1).await.as_deref() == Some("left")
+        })
+        .await
+    );
+    let dropped = started.elapsed();
+    assert!(servers_of(&hub, "math.add").await.is_empty());
+    assert_eq!(state_of(&hub, &id2).await.as_deref(), Some("alive"));
+    assert!(!servers_of(&hub, "text.upper").await.is_empty());
+    n1.process.wait().await.unwrap();
+    eprintln!("graceful leave seen by the hub after {dropped:?}");
+}
+
+#[tokio::test]
+async fn a_killed_replica_is_routed_around() {
+    let a = fabric_node(&["math"], None, &["--resources=replica"]).await;
+    let b = fabric_node(&["math"], Some(&a), &["--resources=replica"]).await;
+    let caller = fabric_node(&[], Some(&a), &[]).await;
+    let (id_a, id_b) = (support::node_id(&a).await, support::node_id(&b).await);
+    assert!(eventually(CONVERGE, || async { servers_of(&caller, "math.add").await.len() == 2 }).await);
+    let client = caller.client().await;
+    let mut failures = Vec::new();
+    let started = Instant::now();
+    let mut killed = false;
+    while started.elapsed() < Duration::from_secs(6) {
+        if !killed && started.elapsed() > Duration::from_millis(500) {
+            signal(&b, "-KILL");
+            killed = true;
+        }
+        match client
+            .call("math.add", vec![json!(2), json!(2)], no_kwargs(), &[])
+            .await
+        {
+            Ok(value) => assert_eq!(value, json!(4)),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    // A call in flight when its node died gets a clear error; nothing else fails.
+    assert!(failures.len() <= 1, "{failures:?}");
+    assert!(
+        failures.iter().all(|f| f.contains("went away before answering")),
+        "{failures:?}"
+    );
+    assert_eq!(servers_of(&caller, "math.add").await, vec![id_a.clone()]);
+    assert_eq!(state_of(&caller, &id_b).await.as_deref(), Some("dead"));
+}
+
+#[tokio::test]
+async fn a_stopped_node_is_declared_dead_and_rejoins_when_continued() {
+    let a = fabric_node(&[], None, &[]).await;
+    let b = fabric_node(&["math"], Some(&a), &[]).await;
+    let id_b = support::node_id(&b).await;
+    assert!(
+        eventually(CONVERGE, || async {
+            servers_of(&a, "math.add").await == vec![id_b.clone()]
+        })
+        .await
+    );
+    let started = Instant::now();
+    signal(&b, "-STOP");
+    assert!(
+        eventually(CONVERGE, || async {
+            state_of(&a, &id_b).await.as_deref() == Some("dead")
+        })
+        .await
+    );
+    let detected = started.elapsed();
+    assert!(servers_of(&a, "math.add").await.is_empty());
+    signal(&b, "-CONT");
+    assert!(
+        eventually(CONVERGE, || async {
+            state_of(&a, &id_b).await.as_deref() == Some("alive")
+        })
+        .await
+    );
+    assert!(
+        eventually(CONVERGE, || async {
+            a.client()
+                .await
+                .call("math.add", vec![json!(1), json!(1)], no_kwargs(), &[])
+                .await
+                .is_ok()
+        })
+        .await
+    );
+    eprintln!("SIGSTOP detected after {detected:?}");
+}
+
+#[tokio::test]
+async fn a_wrong_secret_or_cluster_cannot_join_or_inject() {
+    let a = fabric_node(&[], None, &[]).await;
+    let wrong_secret = TestNode::start(&["math"], &["--cluster-secret=guess", &format!("--seed={}", a.url())]).await;
+    let wrong_cluster = TestNode::start(
+        &["text"],
+        &[
+            "--cluster-secret=test-secret",
+            "--cluster=beta",
+            &format!("--seed={}", a.url()),
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(peer_states(&a).await.is_empty(), "{:?}", peer_states(&a).await);
+    assert!(servers_of(&a, "math.add").await.is_empty());
+    assert!(servers_of(&a, "text.upper").await.is_empty());
+    assert!(peer_states(&wrong_secret).await.is_empty());
+    assert!(peer_states(&wrong_cluster).await.is_empty());
+    let err = a
+        .client()
+        .await
+        .call("math.add", vec![json!(1), json!(1)], no_kwargs(), &[])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("1001"), "{err}");
+}
