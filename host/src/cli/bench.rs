@@ -70,9 +70,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "node".to_string(),
         "--listen=127.0.0.1:0".into(),
         format!("--plugins={}", args.plugins.display()),
+        "--node-id=bench-server".into(),
+        "--cluster=bench".into(),
     ];
     node_args.extend(args.node_args.iter().cloned());
     let node = NodeProcess::spawn(&exe, &node_args, startup).await?;
+    // A second node without plugins: its calls take one hop to the first.
+    let hub_args = vec![
+        "node".to_string(),
+        "--listen=127.0.0.1:0".into(),
+        "--node-id=bench-hub".into(),
+        "--cluster=bench".into(),
+        format!("--seed={}", node.url()),
+    ];
+    let hub = NodeProcess::spawn(&exe, &hub_args, startup).await?;
+    wait_for_route(hub.url()).await?;
     let duration = Duration::from_secs_f64(args.seconds.max(0.1));
 
     let targets = [
@@ -89,6 +101,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Target {
             label: "weft Rust plugin `math.add`",
             url: node.url(),
+            request: add_request,
+        },
+        Target {
+            label: "weft `math.add` on a peer (one hop)",
+            url: hub.url(),
             request: add_request,
         },
     ];
@@ -122,4 +139,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits until `math.add` can be called through the node at `url`.
+async fn wait_for_route(url: &str) -> anyhow::Result<()> {
+    let client = weft::net::Client::connect(url).await?;
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < until {
+        let args = vec![serde_json::json!(1), serde_json::json!(1)];
+        if client.call("math.add", args, serde_json::Map::new(), &[]).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("the second node never learned of math.add")
 }

@@ -100,6 +100,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         timing: Timing::default(),
     };
     tracing::info!(node = %fabric.node_id, cluster = %fabric.cluster, seeds = ?fabric.seeds, "joining the fabric");
+    let stop = stop_signal()?;
     let node = Node::start(NodeConfig {
         listen: args.listen,
         plugins: args.plugins,
@@ -114,20 +115,24 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "WEFT_URL={}", node.url()).context("writing to standard output")?;
         out.flush().context("writing to standard output")?;
     }
-    wait_for_signal().await?;
+    stop.await;
     tracing::info!("stopping");
     node.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, so call it
+/// before announcing the node: a signal sent right after `WEFT_URL` must not kill it outright.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("listening for SIGINT")?,
-        _ = terminate.recv() => {}
-    }
-    Ok(())
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }
 
 fn default_cache_dir() -> Option<PathBuf> {
