@@ -1,0 +1,240 @@
+//! Fabric timings with real node processes on loopback: `cargo bench --bench fabric [N...]`
+//! (default 10 and 30 nodes; after `scripts/build-plugins`).
+//!
+//! For each N: discovery (N nodes seeded as a chain → every node knows every other), propagation
+//! (a plugin dropped on node 0 → listed by every node's catalog), failure detection for SIGKILL
+//! and SIGSTOP (→ every other node marks it dead), graceful leave, and RSS per node.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use weft::net::Client;
+use weft::node::NodeProcess;
+
+struct Node {
+    process: NodeProcess,
+    dir: tempfile::TempDir,
+    client: Client,
+    id: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let sizes = if sizes.is_empty() { vec![10, 30] } else { sizes };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let math = repo.join("build/plugins/math.wasm");
+    anyhow::ensure!(
+        math.is_file(),
+        "{} is missing (run scripts/build-plugins)",
+        math.display()
+    );
+    for n in sizes {
+        run(n, &math).await?;
+    }
+    Ok(())
+}
+
+async fn run(n: usize, math: &Path) -> anyhow::Result<()> {
+    let cache = tempfile::tempdir()?;
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_weft"));
+    let started = Instant::now();
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..n {
+        let dir = tempfile::tempdir()?;
+        let mut args = vec![
+            "node".to_string(),
+            "--listen=127.0.0.1:0".into(),
+            format!("--plugins={}", dir.path().display()),
+            format!("--cache-dir={}", cache.path().display()),
+            format!("--node-id=n{i:03}"),
+            "--cluster=bench".into(),
+            "--cluster-secret=bench".into(),
+            format!("--max-mesh={}", n.max(32)),
+        ];
+        if let Some(previous) = nodes.last() {
+            args.push(format!("--seed={}", previous.process.url()));
+        }
+        let process = NodeProcess::spawn(&exe, &args, Duration::from_secs(60)).await?;
+        let client = Client::connect(process.url()).await?;
+        nodes.push(Node {
+            process,
+            dir,
+            client,
+            id: format!("n{i:03}"),
+        });
+    }
+    let all_up = started.elapsed();
+    wait_all(&nodes, Duration::from_secs(60), |peers, _| alive(peers) == n - 1).await?;
+    let discovery = started.elapsed();
+    println!(
+        "N={n}: discovery (chain of seeds → full mesh) {:.0} ms from the first start ({:.0} ms after the last node was up)",
+        ms(discovery),
+        ms(discovery - all_up)
+    );
+
+    // Warm the compile cache so that propagation measures the fabric, not Cranelift.
+    let warm = tempfile::tempdir()?;
+    drop(
+        NodeProcess::spawn(
+            &exe,
+            &[
+                "node".into(),
+                "--listen=127.0.0.1:0".into(),
+                format!("--plugins={}", warm.path().display()),
+                format!("--cache-dir={}", cache.path().display()),
+                "--node-id=warm".into(),
+                "--cluster=other".into(),
+            ],
+            Duration::from_secs(60),
+        )
+        .await,
+    );
+    std::fs::copy(math, warm.path().join("math.wasm"))?;
+    drop(
+        NodeProcess::spawn(
+            &exe,
+            &[
+                "node".into(),
+                "--listen=127.0.0.1:0".into(),
+                format!("--plugins={}", warm.path().display()),
+                format!("--cache-dir={}", cache.path().display()),
+                "--node-id=warm".into(),
+                "--cluster=other".into(),
+            ],
+            Duration::from_secs(60),
+        )
+        .await?,
+    );
+
+    let tmp = nodes[0].dir.path().join(".math.wasm.tmp");
+    std::fs::copy(math, &tmp)?;
+    let dropped = Instant::now();
+    std::fs::rename(&tmp, nodes[0].dir.path().join("math.wasm"))?;
+    wait_all(&nodes, Duration::from_secs(30), |_, catalog| {
+        serves(catalog, "math.add", "n000")
+    })
+    .await?;
+    println!(
+        "N={n}: propagation (plugin dropped on n000 → in every catalog) {:.0} ms",
+        ms(dropped.elapsed())
+    );
+
+    let rss: Vec<u64> = nodes
+        .iter()
+        .filter_map(|node| node.process.id().and_then(rss_kib))
+        .collect();
+    let mean_rss = rss.iter().sum::<u64>() as f64 / rss.len().max(1) as f64 / 1024.0;
+    println!("N={n}: RSS per node, mean {mean_rss:.1} MiB");
+
+    // SIGSTOP the last node, then SIGKILL the one before it.
+    for (signal, victim) in [("-STOP", n - 1), ("-KILL", n - 2)] {
+        let pid = nodes[victim].process.id().unwrap_or_default().to_string();
+        let id = nodes[victim].id.clone();
+        let observers: Vec<&Node> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i < n - 2)
+            .map(|(_, node)| node)
+            .collect();
+        let at = Instant::now();
+        std::process::Command::new("kill").args([signal, &pid]).status()?;
+        wait_all_refs(&observers, Duration::from_secs(30), |peers, _| {
+            state(peers, &id) == Some("dead")
+        })
+        .await?;
+        println!(
+            "N={n}: {signal} of {id} → dead on every other node after {:.0} ms",
+            ms(at.elapsed())
+        );
+    }
+    let pid = nodes[n - 1].process.id().unwrap_or_default().to_string();
+    std::process::Command::new("kill").args(["-CONT", &pid]).status()?;
+
+    // Graceful leave of node 1.
+    let id = nodes[1].id.clone();
+    let pid = nodes[1].process.id().unwrap_or_default().to_string();
+    let observers: Vec<&Node> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 1 && *i < n - 2)
+        .map(|(_, node)| node)
+        .collect();
+    let at = Instant::now();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status()?;
+    wait_all_refs(&observers, Duration::from_secs(30), |peers, _| {
+        state(peers, &id) == Some("left")
+    })
+    .await?;
+    println!(
+        "N={n}: graceful leave of {id} → seen by every other node after {:.0} ms",
+        ms(at.elapsed())
+    );
+    Ok(())
+}
+
+async fn wait_all(nodes: &[Node], limit: Duration, done: impl Fn(&Value, &Value) -> bool) -> anyhow::Result<()> {
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_all_refs(&refs, limit, done).await
+}
+
+/// Polls every node's `weft.peers` and `weft.catalog` (every 5 ms) until `done` holds for all.
+async fn wait_all_refs(nodes: &[&Node], limit: Duration, done: impl Fn(&Value, &Value) -> bool) -> anyhow::Result<()> {
+    let until = Instant::now() + limit;
+    let mut pending: Vec<&Node> = nodes.to_vec();
+    while !pending.is_empty() {
+        anyhow::ensure!(
+            Instant::now() < until,
+            "{} nodes did not converge within {limit:?}",
+            pending.len()
+        );
+        let mut still = Vec::new();
+        for node in pending {
+            let peers = node.client.call("weft.peers", Vec::new(), Map::new(), &[]).await?;
+            let catalog = node.client.call("weft.catalog", Vec::new(), Map::new(), &[]).await?;
+            if !done(&peers, &catalog) {
+                still.push(node);
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(())
+}
+
+fn alive(peers: &Value) -> usize {
+    peers["peers"]
+        .as_array()
+        .map_or(0, |p| p.iter().filter(|p| p["state"] == "alive").count())
+}
+
+fn state<'a>(peers: &'a Value, id: &str) -> Option<&'a str> {
+    peers["peers"].as_array()?.iter().find(|p| p["node"] == id)?["state"].as_str()
+}
+
+fn serves(catalog: &Value, command: &str, node: &str) -> bool {
+    catalog
+        .as_array()
+        .is_some_and(|rows| rows.iter().any(|r| r["command"] == command && r["node"] == node))
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
