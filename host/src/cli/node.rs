@@ -62,6 +62,9 @@ pub struct NodeArgs {
     /// Peers linked directly at most.
     #[arg(long, env = "WEFT_MAX_MESH", default_value_t = 32)]
     max_mesh: usize,
+    /// Accept `weft.fault` calls that cut and restore peer links (for tests; never in production).
+    #[arg(long, hide = true)]
+    fault_injection: bool,
     /// Compile every plugin at every load; keep nothing on disk.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
@@ -98,6 +101,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         seeds: args.seeds.into_iter().filter(|s| !s.is_empty()).collect(),
         max_mesh: args.max_mesh.max(1),
         timing: Timing::default(),
+        fault_injection: args.fault_injection,
     };
     tracing::info!(node = %fabric.node_id, cluster = %fabric.cluster, seeds = ?fabric.seeds, "joining the fabric");
     let stop = stop_signal()?;

@@ -20,9 +20,6 @@ use super::Fabric;
 /// The whole handshake must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Largest peer frame.
-const MAX_PEER_FRAME: usize = 64 << 20;
-
 /// Frames queued for one peer before senders wait.
 const LINK_QUEUE: usize = 4096;
 
@@ -34,7 +31,8 @@ struct Peer {
 /// Dials `url` and, once authenticated, runs the link.
 pub async fn dial(fabric: Arc<Fabric>, url: String) {
     let target = format!("{}{PEER_PATH}", url.trim_end_matches('/'));
-    let connect = tokio_tungstenite::connect_async_with_config(target.as_str(), Some(ws_config()), true);
+    let connect =
+        tokio_tungstenite::connect_async_with_config(target.as_str(), Some(ws_config(fabric.peer_frame_limit())), true);
     let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
         Ok(Ok((ws, _))) => ws,
         Ok(Err(e)) => {
@@ -50,10 +48,7 @@ pub async fn dial(fabric: Arc<Fabric>, url: String) {
     };
     let mut ws = ws;
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, dialer_handshake(&fabric, &mut ws)).await {
-        Ok(Ok(peer)) => {
-            fabric.with_state(|s| s.dial_done(&url));
-            run(fabric, ws, peer).await;
-        }
+        Ok(Ok(peer)) => run(fabric, ws, peer, Some(url)).await,
         Ok(Err(reason)) => {
             tracing::warn!(%url, "peer link refused: {reason}");
             fabric.with_state(|s| s.dial_failed(&url));
@@ -71,16 +66,17 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, listener_handshake(&fabric, &mut ws)).await {
-        Ok(Ok(peer)) => run(fabric, ws, peer).await,
+        Ok(Ok(peer)) => run(fabric, ws, peer, None).await,
         Ok(Err(reason)) => tracing::warn!("peer refused: {reason}"),
         Err(_) => tracing::debug!("peer handshake timed out"),
     }
 }
 
-pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+/// The WebSocket settings of a dialed link: the same frame limit the listener applies.
+pub fn ws_config(limit: usize) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .max_message_size(Some(MAX_PEER_FRAME))
-        .max_frame_size(Some(MAX_PEER_FRAME))
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
 }
 
 async fn send<S>(ws: &mut WebSocketStream<S>, message: &PeerMessage) -> Result<(), String>
@@ -189,6 +185,9 @@ where
     if node == config.node_id {
         return Err(refuse(ws, format!("node `{node}` dialed itself (or two nodes share an id)")).await);
     }
+    if fabric.with_state(|s| s.blocked.contains(&node)) {
+        return Err(refuse(ws, format!("node `{node}` is cut off (fault injection)")).await);
+    }
     let my_nonce = auth::nonce();
     let proof = auth::proof(
         &config.secret,
@@ -230,26 +229,48 @@ where
     }
 }
 
-/// Runs an authenticated link until it closes, falls silent or the node stops.
-async fn run<S>(fabric: Arc<Fabric>, ws: WebSocketStream<S>, peer: Peer)
+/// Runs an authenticated link until it closes, falls silent or the node stops. `dialed`: the
+/// URL this node dialed, when it did.
+async fn run<S>(fabric: Arc<Fabric>, ws: WebSocketStream<S>, peer: Peer, dialed: Option<String>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, mut outbox) = mpsc::channel::<PeerMessage>(LINK_QUEUE);
-    let Some((link_id, stats)) = fabric.with_state(|s| s.add_link(&peer.node, &peer.url, tx.clone())) else {
-        tracing::debug!(peer = %peer.node, "already linked; dropping the second connection");
+    let me = fabric.config.node_id.clone();
+    let dialer = if dialed.is_some() {
+        me.as_str()
+    } else {
+        peer.node.as_str()
+    };
+    let added = fabric.with_state(|s| {
+        if fabric.is_leaving() {
+            return None;
+        }
+        let added = s.add_link(&peer.node, &peer.url, dialer, tx.clone());
+        if let Some(url) = &dialed {
+            s.dial_done(url, added.is_some());
+        }
+        added
+    });
+    let Some((link_id, stats, close)) = added else {
+        tracing::debug!(peer = %peer.node, "already linked (or leaving); dropping this connection");
         return;
     };
+    let frame_limit = fabric.peer_frame_limit();
     tracing::info!(peer = %peer.node, url = %peer.url, "peer linked");
     let (mut sink, mut source) = ws.split();
     let writer = tokio::spawn(async move {
         while let Some(message) = outbox.recv().await {
-            let Ok(frame) = wire::encode(&message) else { continue };
+            let Some(frame) = frame_of(&message, frame_limit) else {
+                continue;
+            };
             if sink.feed(Message::Binary(frame.into())).await.is_err() {
                 return;
             }
             while let Ok(message) = outbox.try_recv() {
-                let Ok(frame) = wire::encode(&message) else { continue };
+                let Some(frame) = frame_of(&message, frame_limit) else {
+                    continue;
+                };
                 if sink.feed(Message::Binary(frame.into())).await.is_err() {
                     return;
                 }
@@ -263,12 +284,12 @@ where
     // What the peer needs first: who we know, and what we serve.
     let (members, catalog) =
         fabric.with_state(|s| (s.members_message(), s.local_catalog_message(&fabric.config.node_id)));
-    let _ = tx.send(members.clone()).await;
-    let _ = tx.send(catalog).await;
+    let _ = tx.try_send(members.clone());
+    let _ = tx.try_send(catalog);
     // Tell the others about the newcomer.
     for (node, other) in fabric.with_state(|s| s.link_senders()) {
         if node != peer.node {
-            let _ = other.send(members.clone()).await;
+            let _ = other.try_send(members.clone());
         }
     }
 
@@ -331,13 +352,13 @@ where
                                 .collect()
                         });
                         if !behind.is_empty() {
-                            let _ = tx.send(PeerMessage::Want { nodes: behind }).await;
+                            let _ = tx.try_send(PeerMessage::Want { nodes: behind });
                         }
                     }
                     PeerMessage::Want { nodes } => {
                         if nodes.contains(&fabric.config.node_id) {
                             let catalog = fabric.with_state(|s| s.local_catalog_message(&fabric.config.node_id));
-                            let _ = tx.send(catalog).await;
+                            let _ = tx.try_send(catalog);
                         }
                     }
                     PeerMessage::Leave { node } => {
@@ -351,11 +372,11 @@ where
                     PeerMessage::Dead { node, incarnation } => {
                         if node == fabric.config.node_id {
                             let refute = fabric.with_state(|s| {
-                                s.incarnation = s.incarnation.max(incarnation) + 1;
+                                s.incarnation = s.incarnation.max(incarnation).saturating_add(1);
                                 s.members_message()
                             });
                             tracing::warn!(rumoured_by = %peer.node, "refuting a rumour of this node's death");
-                            fabric.broadcast(refute).await;
+                            fabric.broadcast(refute);
                         } else {
                             fabric.with_state(|s| s.rumour_dead(&node, incarnation));
                         }
@@ -371,6 +392,10 @@ where
                 }
             }
             _ = ping.tick() => {
+                if fabric.with_state(|s| s.blocked.contains(&peer.node)) {
+                    tracing::info!(peer = %peer.node, "link cut (fault injection)");
+                    break;
+                }
                 if last_heard.elapsed() > timing.link_timeout {
                     tracing::warn!(peer = %peer.node, silent_ms = last_heard.elapsed().as_millis() as u64, "peer silent; closing the link");
                     break;
@@ -381,6 +406,10 @@ where
                 let _ = tx.try_send(PeerMessage::Ping { seq });
             }
             _ = stop.changed() => break,
+            _ = close.notified() => {
+                tracing::debug!(peer = %peer.node, "closing a duplicate link");
+                break;
+            }
         }
     }
     fabric.with_state(|s| {
@@ -389,10 +418,46 @@ where
             s.node_left(&peer.node);
         }
     });
-    fabric.fail_pending(&peer.node);
+    fabric.fail_pending(link_id);
     drop(tx);
     writer.abort();
     if !left {
         tracing::info!(peer = %peer.node, "peer link closed");
+    }
+}
+
+/// Encodes a message for the wire. A reply too large for a peer frame becomes an error reply
+/// (the caller learns why); anything else too large is dropped with a warning.
+fn frame_of(message: &PeerMessage, limit: usize) -> Option<Vec<u8>> {
+    let frame = match wire::encode(message) {
+        Ok(frame) => frame,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot encode a peer message");
+            return None;
+        }
+    };
+    if frame.len() <= limit {
+        return Some(frame);
+    }
+    match message {
+        PeerMessage::Reply { id, .. } => wire::encode(&PeerMessage::Reply {
+            id: *id,
+            outcome: Err(wire::WireError {
+                kind: "failed".into(),
+                message: format!(
+                    "the result of {} bytes exceeds the peer frame limit of {limit} bytes",
+                    frame.len()
+                ),
+            }),
+        })
+        .ok(),
+        _ => {
+            tracing::warn!(
+                size = frame.len(),
+                limit,
+                "dropping a peer message over the frame limit"
+            );
+            None
+        }
     }
 }

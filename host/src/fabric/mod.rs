@@ -72,6 +72,8 @@ pub struct FabricConfig {
     /// Peers linked directly at most.
     pub max_mesh: usize,
     pub timing: Timing,
+    /// Accept `weft.fault` calls that cut and restore links (tests only).
+    pub fault_injection: bool,
 }
 
 /// This node's part of the fabric.
@@ -83,10 +85,13 @@ pub struct Fabric {
     next_id: AtomicU64,
     me: Weak<Fabric>,
     stop: watch::Receiver<bool>,
+    /// Set once the node announced its departure: no new links, no dials.
+    leaving: std::sync::atomic::AtomicBool,
 }
 
 struct Pending {
-    node: String,
+    /// The link the call was sent on.
+    link: u64,
     reply: oneshot::Sender<Result<Value, WireError>>,
 }
 
@@ -104,6 +109,7 @@ impl Fabric {
             next_id: AtomicU64::new(1),
             me: me.clone(),
             stop,
+            leaving: std::sync::atomic::AtomicBool::new(false),
         });
         executor.set_remote(fabric.clone());
         tokio::spawn(fabric.clone().maintain());
@@ -117,16 +123,21 @@ impl Fabric {
 
     /// Tells every peer this node leaves, so they drop it at once.
     pub async fn leave(&self) {
-        let links = self.with_state(|s| s.link_senders());
-        for (_, tx) in &links {
-            let _ = tx
-                .send(PeerMessage::Leave {
-                    node: self.config.node_id.clone(),
-                })
-                .await;
-        }
+        self.leaving.store(true, Ordering::SeqCst);
+        self.broadcast(PeerMessage::Leave {
+            node: self.config.node_id.clone(),
+        });
         // Let the writers put the frames on the wire.
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::SeqCst)
+    }
+
+    /// Largest peer frame, in both directions: twice the client request limit, as clients get.
+    fn peer_frame_limit(&self) -> usize {
+        self.executor.limits().max_frame_bytes.saturating_mul(2)
     }
 
     fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
@@ -147,11 +158,14 @@ impl Fabric {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
+            if self.is_leaving() {
+                return;
+            }
             let now = Instant::now();
             let (dials, dead) = self.with_state(|s| s.plan_maintenance(now, &self.config));
             for (node, incarnation) in dead {
                 tracing::warn!(peer = %node, "peer declared dead; its commands are withdrawn");
-                self.broadcast(PeerMessage::Dead { node, incarnation }).await;
+                self.broadcast(PeerMessage::Dead { node, incarnation });
             }
             for url in dials {
                 tokio::spawn(link::dial(self.clone(), url));
@@ -161,8 +175,7 @@ impl Fabric {
                 let version = self.with_state(|s| s.local_version());
                 self.broadcast(PeerMessage::Digest {
                     versions: vec![(self.config.node_id.clone(), version)],
-                })
-                .await;
+                });
             }
         }
     }
@@ -186,7 +199,7 @@ impl Fabric {
                 .collect();
             let message = self.with_state(|s| s.set_local_catalog(entries, &self.config.node_id));
             if let Some(message) = message {
-                self.broadcast(message).await;
+                self.broadcast(message);
             }
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
@@ -195,10 +208,14 @@ impl Fabric {
         }
     }
 
-    async fn broadcast(&self, message: PeerMessage) {
+    /// Queues `message` on every link. Never waits: a link whose queue is full misses it (a
+    /// peer that slow is about to be dropped; anti-entropy repairs what it missed).
+    fn broadcast(&self, message: PeerMessage) {
         let links = self.with_state(|s| s.link_senders());
-        for (_, tx) in links {
-            let _ = tx.send(message.clone()).await;
+        for (node, tx) in links {
+            if tx.try_send(message.clone()).is_err() {
+                tracing::debug!(peer = %node, "peer queue full; a gossip message was skipped");
+            }
         }
     }
 
@@ -240,13 +257,13 @@ impl Fabric {
         }
     }
 
-    /// Fails every call waiting on `node` (its link went away).
-    fn fail_pending(&self, node: &str) {
+    /// Fails every call waiting on link `link` (it went away).
+    fn fail_pending(&self, link: u64) {
         let failed: Vec<Pending> = match self.pending.lock() {
             Ok(mut pending) => {
                 let ids: Vec<u64> = pending
                     .iter()
-                    .filter(|(_, p)| p.node == node)
+                    .filter(|(_, p)| p.link == link)
                     .map(|(id, _)| *id)
                     .collect();
                 ids.into_iter().filter_map(|id| pending.remove(&id)).collect()
@@ -266,19 +283,13 @@ impl Fabric {
         } = call;
         let mut tried = Vec::new();
         loop {
-            let Some((node, tx, stats)) = self.with_state(|s| s.choose(&fun, &selector, &tried)) else {
+            let Some((node, link, tx, stats)) = self.with_state(|s| s.choose(&fun, &selector, &tried)) else {
                 return Err(not_found(&fun, &selector, !tried.is_empty()));
             };
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let (reply, answer) = oneshot::channel();
             if let Ok(mut pending) = self.pending.lock() {
-                pending.insert(
-                    id,
-                    Pending {
-                        node: node.clone(),
-                        reply,
-                    },
-                );
+                pending.insert(id, Pending { link, reply });
             }
             let remaining = context.deadline.saturating_duration_since(Instant::now());
             let request = CallRequest {
@@ -294,24 +305,40 @@ impl Fabric {
             };
             stats.inflight.fetch_add(1, Ordering::Relaxed);
             let _guard = Inflight(&stats.inflight);
-            if tx.send(PeerMessage::Call(request)).await.is_err() {
-                // Never sent: it cannot have run; try another replica.
+            let forget = || {
                 if let Ok(mut pending) = self.pending.lock() {
                     pending.remove(&id);
                 }
-                tried.push(node);
-                continue;
+            };
+            match tokio::time::timeout_at(context.deadline, tx.send(PeerMessage::Call(request))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    // Never sent: it cannot have run; try another replica.
+                    forget();
+                    tried.push(node);
+                    continue;
+                }
+                Err(_) => {
+                    forget();
+                    return Err(CommandError::Timeout(format!(
+                        "{fun}: the link to node `{node}` stayed full until the deadline of {} ms",
+                        context.budget.as_millis()
+                    )));
+                }
             }
             return match tokio::time::timeout_at(context.deadline + Duration::from_millis(50), answer).await {
                 Ok(Ok(Ok(value))) => Ok(value),
+                // The replica no longer serves it (withdrawn meanwhile): it did not run; try another.
+                Ok(Ok(Err(error))) if error.kind == "not-found" && !tried.contains(&node) => {
+                    tried.push(node);
+                    continue;
+                }
                 Ok(Ok(Err(error))) => Err(from_wire(error)),
                 Ok(Err(_)) => Err(CommandError::Failed(format!(
                     "{fun}: node `{node}` went away before answering; the command may have run"
                 ))),
                 Err(_) => {
-                    if let Ok(mut pending) = self.pending.lock() {
-                        pending.remove(&id);
-                    }
+                    forget();
                     Err(CommandError::Timeout(format!(
                         "{fun}: node `{node}` did not answer within the deadline of {} ms",
                         context.budget.as_millis()
@@ -371,6 +398,30 @@ impl Remote for Fabric {
 
     fn catalog(&self) -> Value {
         self.with_state(|s| s.catalog_report(&self.config.node_id))
+    }
+
+    fn fault(&self, action: &str, nodes: Vec<String>) -> Result<Value, CommandError> {
+        if !self.config.fault_injection {
+            return Err(CommandError::Denied(
+                "fault injection is off on this node (--fault-injection)".into(),
+            ));
+        }
+        self.with_state(|s| match action {
+            "cut" => {
+                s.blocked.extend(nodes);
+                Ok(())
+            }
+            "restore" => {
+                for node in &nodes {
+                    s.blocked.remove(node);
+                }
+                Ok(())
+            }
+            other => Err(CommandError::InvalidArgs(format!(
+                "weft.fault: unknown action `{other}` (cut, restore)"
+            ))),
+        })?;
+        Ok(self.with_state(|s| Value::from(s.blocked.iter().cloned().collect::<Vec<_>>())))
     }
 }
 

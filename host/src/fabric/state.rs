@@ -27,6 +27,11 @@ pub struct LinkHandle {
     pub id: u64,
     pub tx: mpsc::Sender<PeerMessage>,
     pub stats: Arc<LinkStats>,
+    /// Which side dialed: when two nodes dial each other at once, both keep the connection
+    /// dialed by the node with the smaller id.
+    pub dialer: String,
+    /// Tells the link's task to close (it lost a duplicate contest).
+    pub close: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,12 +55,21 @@ struct Backoff {
     next: Instant,
 }
 
+/// How long a dead or departed member is remembered (and redialed) before it is forgotten.
+const FORGET_DEAD: Duration = Duration::from_secs(600);
+
+/// A node that left is not dialed again before this.
+const REDIAL_AFTER_LEAVE: Duration = Duration::from_secs(2);
+
 pub struct State {
     me: String,
     my_url: String,
     pub incarnation: u64,
     local_version: u64,
     local_entries: Vec<CatalogEntry>,
+    announced: bool,
+    /// Nodes this node refuses to talk to (fault injection in tests).
+    pub blocked: HashSet<String>,
     links: HashMap<String, LinkHandle>,
     members: HashMap<String, Member>,
     catalogs: HashMap<String, (u64, Vec<CatalogEntry>)>,
@@ -69,14 +83,17 @@ pub struct State {
 
 impl State {
     pub fn new(config: &FabricConfig) -> Self {
+        // A restarted node outranks rumours about its previous life, and its catalog versions
+        // outrank the ones peers still hold from that life: both start at the start time.
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
         State {
             me: config.node_id.clone(),
             my_url: config.advertise_url.clone(),
-            // A restarted node outranks rumours about its previous life.
-            incarnation: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_millis() as u64),
-            local_version: 0,
+            incarnation: started,
+            local_version: started,
+            announced: false,
             local_entries: Vec::new(),
             links: HashMap::new(),
             members: HashMap::new(),
@@ -84,6 +101,7 @@ impl State {
             dialing: HashSet::new(),
             backoff: HashMap::new(),
             seeds: config.seeds.clone(),
+            blocked: HashSet::new(),
             next_link: 1,
             rng: super::auth::nonce()
                 .iter()
@@ -97,9 +115,10 @@ impl State {
 
     /// Replaces this node's own catalog; returns the message announcing it when it changed.
     pub fn set_local_catalog(&mut self, entries: Vec<CatalogEntry>, me: &str) -> Option<PeerMessage> {
-        if entries == self.local_entries && self.local_version > 0 {
+        if entries == self.local_entries && self.announced {
             return None;
         }
+        self.announced = true;
         self.local_entries = entries;
         self.local_version += 1;
         Some(self.local_catalog_message(me))
@@ -133,23 +152,49 @@ impl State {
         PeerMessage::Members { members }
     }
 
-    /// Registers a new authenticated link; `None` when the node is already linked.
-    pub fn add_link(&mut self, node: &str, url: &str, tx: mpsc::Sender<PeerMessage>) -> Option<(u64, Arc<LinkStats>)> {
-        if self.links.contains_key(node) {
+    /// Registers a new authenticated link (`dialer`: the node that dialed it). `None` when the
+    /// node is cut off, or already linked by the connection both sides keep.
+    pub fn add_link(
+        &mut self,
+        node: &str,
+        url: &str,
+        dialer: &str,
+        tx: mpsc::Sender<PeerMessage>,
+    ) -> Option<(u64, Arc<LinkStats>, Arc<tokio::sync::Notify>)> {
+        if self.blocked.contains(node) {
             return None;
+        }
+        let preferred_dialer = if self.me.as_str() < node {
+            self.me.clone()
+        } else {
+            node.to_string()
+        };
+        if let Some(existing) = self.links.get(node) {
+            if existing.dialer == preferred_dialer || dialer != preferred_dialer {
+                return None;
+            }
+            // The new connection is the one both sides keep: close the other.
+            existing.close.notify_one();
+            self.links.remove(node);
         }
         let id = self.next_link;
         self.next_link += 1;
         let stats = Arc::new(LinkStats::default());
+        let close = Arc::new(tokio::sync::Notify::new());
         self.links.insert(
             node.to_string(),
             LinkHandle {
                 id,
                 tx,
                 stats: stats.clone(),
+                dialer: dialer.to_string(),
+                close: close.clone(),
             },
         );
         self.backoff.remove(url);
+        // What the node serves now comes from this link; whatever was held from an earlier link
+        // (or an earlier life of the node) is replaced by the catalog it sends first.
+        self.catalogs.remove(node);
         let member = self.members.entry(node.to_string()).or_insert_with(|| Member {
             url: url.to_string(),
             incarnation: 0,
@@ -159,7 +204,7 @@ impl State {
         member.url = url.to_string();
         member.status = Status::Alive;
         member.since = Instant::now();
-        Some((id, stats))
+        Some((id, stats, close))
     }
 
     /// Forgets link `id` of `node`; its node becomes a suspect unless it left.
@@ -229,12 +274,20 @@ impl State {
         self.catalogs.get(node).map_or(0, |(v, _)| *v)
     }
 
-    /// `node` left: forget its catalog at once.
+    /// `node` left: forget its catalog at once. It is dialed again only after a pause, in
+    /// case it comes back (a restart keeps its id).
     pub fn node_left(&mut self, node: &str) {
         self.catalogs.remove(node);
         if let Some(member) = self.members.get_mut(node) {
             member.status = Status::Left;
             member.since = Instant::now();
+            self.backoff.insert(
+                member.url.clone(),
+                Backoff {
+                    failures: 4,
+                    next: Instant::now() + REDIAL_AFTER_LEAVE,
+                },
+            );
         }
     }
 
@@ -266,16 +319,28 @@ impl State {
                 dead.push((node.clone(), member.incarnation));
             }
         }
+        // Dead members are forgotten after a while; until then they are still dialed (with
+        // backoff), which is how the two sides of a healed partition find each other again.
+        self.members.retain(|_, m| {
+            !(matches!(m.status, Status::Dead | Status::Left) && now.duration_since(m.since) > FORGET_DEAD)
+        });
         let mut wanted: Vec<String> = Vec::new();
         if self.links.len() < config.max_mesh {
             for (node, member) in &self.members {
-                if matches!(member.status, Status::Alive | Status::Suspect) && !self.links.contains_key(node) {
+                // Every remembered member is dialed while unlinked; backoff keeps it cheap.
+                if !self.links.contains_key(node) && !self.blocked.contains(node) {
                     wanted.push(member.url.clone());
                 }
             }
-            if self.links.is_empty() {
-                wanted.extend(self.seeds.iter().cloned());
-            }
+            // Seeds are kept dialed (with backoff) until linked, so a node whose peers all
+            // forgot it, or a fabric split for longer than members are remembered, rejoins.
+            let linked_urls: HashSet<&str> = self
+                .links
+                .keys()
+                .filter_map(|n| self.members.get(n))
+                .map(|m| m.url.as_str())
+                .collect();
+            wanted.extend(self.seeds.iter().filter(|s| !linked_urls.contains(s.as_str())).cloned());
         }
         let mut dials = Vec::new();
         for url in wanted {
@@ -310,8 +375,14 @@ impl State {
         backoff.next = Instant::now() + Duration::from_millis(spread);
     }
 
-    pub fn dial_done(&mut self, url: &str) {
-        self.dialing.remove(url);
+    /// A dial of `url` reached an authenticated node (linked, or already linked).
+    pub fn dial_done(&mut self, url: &str, linked: bool) {
+        if linked {
+            self.dialing.remove(url);
+        } else {
+            // Already linked through another connection: do not redial it at once.
+            self.dial_failed(url);
+        }
     }
 
     /// The replica for a call: among linked nodes whose catalog has a matching entry, the
@@ -321,7 +392,7 @@ impl State {
         fun: &str,
         selector: &Selector,
         exclude: &[String],
-    ) -> Option<(String, mpsc::Sender<PeerMessage>, Arc<LinkStats>)> {
+    ) -> Option<(String, u64, mpsc::Sender<PeerMessage>, Arc<LinkStats>)> {
         let candidates: Vec<String> = self
             .catalogs
             .iter()
@@ -354,7 +425,7 @@ impl State {
             }
         };
         let link = self.links.get(&picked)?;
-        Some((picked, link.tx.clone(), link.stats.clone()))
+        Some((picked, link.id, link.tx.clone(), link.stats.clone()))
     }
 
     fn random(&mut self) -> u64 {

@@ -44,8 +44,29 @@ pub const PLUGINS: &str = "weft.plugins";
 pub const PEERS: &str = "weft.peers";
 pub const CATALOG: &str = "weft.catalog";
 
+/// `weft.fault ACTION NODES`: cut or restore links, on nodes started with `--fault-injection`.
+pub const FAULT: &str = "weft.fault";
+
 /// Names of the built-in commands.
-pub const NAMES: [&str; 5] = ["echo", "echos", PLUGINS, PEERS, CATALOG];
+pub const NAMES: [&str; 6] = ["echo", "echos", PLUGINS, PEERS, CATALOG, FAULT];
+
+/// The arguments of `weft.fault`: an action and a list of node ids.
+pub fn fault_args(args: Vec<Value>) -> Result<(String, Vec<String>), CommandError> {
+    let usage =
+        || CommandError::InvalidArgs("weft.fault: takes an action (`cut`, `restore`) and a list of node ids".into());
+    let mut args = args.into_iter();
+    let (Some(Value::String(action)), Some(Value::Array(nodes)), None) = (args.next(), args.next(), args.next()) else {
+        return Err(usage());
+    };
+    let nodes = nodes
+        .into_iter()
+        .map(|n| match n {
+            Value::String(s) => Ok(s),
+            _ => Err(usage()),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((action, nodes))
+}
 
 /// Runs a built-in command (one of [`NAMES`]).
 pub fn run(name: &str, args: Vec<Value>, kwargs: Map<String, Value>) -> Result<Value, CommandError> {

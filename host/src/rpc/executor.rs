@@ -38,6 +38,8 @@ pub trait Remote: Send + Sync + 'static {
     fn peers(&self) -> Value;
     /// What `weft.catalog` answers.
     fn catalog(&self) -> Value;
+    /// `weft.fault ACTION NODES`: cut or restore links to `nodes` (only where enabled).
+    fn fault(&self, action: &str, nodes: Vec<String>) -> Result<Value, CommandError>;
 }
 
 /// Executes client requests and calls made by plugins.
@@ -309,6 +311,11 @@ impl Executor {
                     .map_err(|e| CommandError::Failed(format!("{fun}: {e}"))),
                 builtins::PEERS => Ok(remote.map_or(Value::Null, |r| r.peers())),
                 builtins::CATALOG => Ok(remote.map_or(Value::Array(Vec::new()), |r| r.catalog())),
+                builtins::FAULT => {
+                    let remote = remote.ok_or_else(|| CommandError::Denied("this node has no fabric".into()))?;
+                    let (action, nodes) = builtins::fault_args(args)?;
+                    remote.fault(&action, nodes)
+                }
                 _ => builtins::run(fun, args, kwargs),
             };
         }
