@@ -287,3 +287,37 @@ async fn version_constraints_select_across_the_mesh() {
         .unwrap();
     assert_eq!(response["r"], json!({"x": "hello v from v2"}));
 }
+
+#[tokio::test]
+async fn parallel_branches_on_three_nodes_join_into_one_list() {
+    // Scenario 6: three branches on three nodes, joined by a command given the list of them.
+    let a = fabric_node(&["scenarios"], None, &["--resources=node-a"]).await;
+    let b = fabric_node(&["scenarios"], Some(&a), &["--resources=node-b"]).await;
+    let c = fabric_node(&["scenarios"], Some(&a), &["--resources=node-c"]).await;
+    let (id_b, id_c) = (support::node_id(&b).await, support::node_id(&c).await);
+    assert!(
+        eventually(CONVERGE, || async {
+            let servers = servers_of(&a, "branch").await;
+            servers.contains(&id_b) && servers.contains(&id_c)
+        })
+        .await
+    );
+    let response = a
+        .client()
+        .await
+        .request(rpc(json!([
+            {"name": "gpu_branch", "fun": "branch", "args": ["gpu", 1], "locs": ["node-a"]},
+            {"name": "cpu_branch", "fun": "branch", "args": ["cpu", 2], "locs": ["node-b"]},
+            {"name": "db_branch", "fun": "branch", "args": ["db", 3], "locs": ["node-c"]},
+            {"name": "x", "fun": "analytics", "args": ["report", ["gpu_branch", "cpu_branch", "db_branch"]], "locs": ["node-c"]},
+        ])))
+        .await
+        .unwrap();
+    assert_eq!(
+        response["r"]["x"],
+        json!({"name": "report", "count": 3, "inputs": [
+            {"branch": "gpu", "value": 2}, {"branch": "cpu", "value": 4}, {"branch": "db", "value": 6}
+        ]}),
+        "{response}"
+    );
+}

@@ -54,6 +54,7 @@ async fn run(n: usize, math: &Path) -> anyhow::Result<()> {
             format!("--node-id=n{i:03}"),
             "--cluster=bench".into(),
             "--cluster-secret=bench".into(),
+            "--fault-injection".into(),
             format!("--max-mesh={}", n.max(32)),
         ];
         if let Some(previous) = nodes.last() {
@@ -155,6 +156,43 @@ async fn run(n: usize, math: &Path) -> anyhow::Result<()> {
     let pid = nodes[n - 1].process.id().unwrap_or_default().to_string();
     std::process::Command::new("kill").args(["-CONT", &pid]).status()?;
 
+    // A partition of the live nodes into two halves (links really cut), then healed.
+    let live: Vec<&Node> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i < n - 2)
+        .map(|(_, node)| node)
+        .collect();
+    let (left, right) = live.split_at(live.len() / 2);
+    let ids = |side: &[&Node]| serde_json::Value::from(side.iter().map(|n| n.id.clone()).collect::<Vec<_>>());
+    for (side, other) in [(left, right), (right, left)] {
+        for node in side {
+            node.client
+                .call("weft.fault", vec!["cut".into(), ids(other)], Map::new(), &[])
+                .await?;
+        }
+    }
+    let names = |side: &[&Node]| side.iter().map(|n| n.id.clone()).collect::<Vec<_>>();
+    let (left_ids, right_ids) = (names(left), names(right));
+    let none_alive = |of: &[String], peers: &Value| of.iter().all(|id| state(peers, id) != Some("alive"));
+    wait_all_refs(left, Duration::from_secs(30), |peers, _| none_alive(&right_ids, peers)).await?;
+    wait_all_refs(right, Duration::from_secs(30), |peers, _| none_alive(&left_ids, peers)).await?;
+    let at = Instant::now();
+    for (side, other) in [(left, right), (right, left)] {
+        for node in side {
+            node.client
+                .call("weft.fault", vec!["restore".into(), ids(other)], Map::new(), &[])
+                .await?;
+        }
+    }
+    let all_ids: Vec<String> = live.iter().map(|n| n.id.clone()).collect();
+    wait_all_refs(&live, Duration::from_secs(30), |peers, catalog| {
+        let me = peers["node"].as_str().unwrap_or_default();
+        all_ids.iter().all(|id| id == me || state(peers, id) == Some("alive")) && serves(catalog, "math.add", "n000")
+    })
+    .await?;
+    println!("N={n}: partition into halves healed (links restored → every node alive and n000's catalog everywhere) after {:.0} ms", ms(at.elapsed()));
+
     // Graceful leave of node 1.
     let id = nodes[1].id.clone();
     let pid = nodes[1].process.id().unwrap_or_default().to_string();
@@ -187,11 +225,17 @@ async fn wait_all_refs(nodes: &[&Node], limit: Duration, done: impl Fn(&Value, &
     let until = Instant::now() + limit;
     let mut pending: Vec<&Node> = nodes.to_vec();
     while !pending.is_empty() {
-        anyhow::ensure!(
-            Instant::now() < until,
-            "{} nodes did not converge within {limit:?}",
-            pending.len()
-        );
+        if Instant::now() >= until {
+            let peers = pending[0]
+                .client
+                .call("weft.peers", Vec::new(), Map::new(), &[])
+                .await?;
+            anyhow::bail!(
+                "{} nodes did not converge within {limit:?}; {} sees {peers}",
+                pending.len(),
+                pending[0].id
+            );
+        }
         let mut still = Vec::new();
         for node in pending {
             let peers = node.client.call("weft.peers", Vec::new(), Map::new(), &[]).await?;

@@ -58,6 +58,10 @@ struct Backoff {
 /// How long a dead or departed member is remembered (and redialed) before it is forgotten.
 const FORGET_DEAD: Duration = Duration::from_secs(600);
 
+/// Longest pause between dials of an unreachable member: bounds how long a healed partition
+/// waits to reconnect, at the cost of one refused connection per second per dead member.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
 /// A node that left is not dialed again before this.
 const REDIAL_AFTER_LEAVE: Duration = Duration::from_secs(2);
 
@@ -368,8 +372,7 @@ impl State {
             next: Instant::now(),
         });
         backoff.failures = backoff.failures.saturating_add(1);
-        let base =
-            Duration::from_millis(100u64.saturating_mul(1 << backoff.failures.min(6))).min(Duration::from_secs(5));
+        let base = Duration::from_millis(100u64.saturating_mul(1 << backoff.failures.min(6))).min(MAX_BACKOFF);
         // ±20 %
         let spread = base.as_millis() as u64 * (800 + jitter * 400 / 1000) / 1000;
         backoff.next = Instant::now() + Duration::from_millis(spread);
