@@ -6,21 +6,13 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use support::{
-    cmd, error_code, eventually, fabric_node, install_plugin, no_kwargs, plugin_file, rpc, servers_of, TestNode,
+    call_with_locs, cmd, error_code, eventually, fabric_node, install_plugin, no_kwargs, plugin_file, rpc, servers_of,
+    TestNode,
 };
 
 const CONVERGE: Duration = Duration::from_secs(10);
-
-async fn call_with_locs(node: &TestNode, fun: &str, args: Vec<Value>, locs: &[&str]) -> Result<Value, String> {
-    let locs: Vec<String> = locs.iter().map(|l| l.to_string()).collect();
-    node.client()
-        .await
-        .call(fun, args, no_kwargs(), &locs)
-        .await
-        .map_err(|e| e.to_string())
-}
 
 #[tokio::test]
 async fn steps_of_one_request_run_on_the_nodes_that_serve_them() {

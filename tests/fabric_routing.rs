@@ -5,19 +5,12 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use support::{error_code, eventually, fabric_node, no_kwargs, peer_states, rpc, servers_of, TestNode};
+use serde_json::json;
+use support::{
+    call_with_locs as call, error_code, eventually, fabric_node, no_kwargs, peer_states, rpc, servers_of, TestNode,
+};
 
 const CONVERGE: Duration = Duration::from_secs(10);
-
-async fn call(node: &TestNode, fun: &str, args: Vec<Value>, locs: &[&str]) -> Result<Value, String> {
-    let locs: Vec<String> = locs.iter().map(|l| l.to_string()).collect();
-    node.client()
-        .await
-        .call(fun, args, no_kwargs(), &locs)
-        .await
-        .map_err(|e| e.to_string())
-}
 
 #[tokio::test]
 async fn the_same_command_with_different_tags_is_chosen_by_locs() {

@@ -78,39 +78,19 @@ async fn run(n: usize, math: &Path) -> anyhow::Result<()> {
         ms(discovery - all_up)
     );
 
-    // Warm the compile cache so that propagation measures the fabric, not Cranelift.
+    // Warm the compile cache so that propagation measures the fabric, not Cranelift: a node of
+    // another cluster compiles math.wasm once into the shared cache.
     let warm = tempfile::tempdir()?;
-    drop(
-        NodeProcess::spawn(
-            &exe,
-            &[
-                "node".into(),
-                "--listen=127.0.0.1:0".into(),
-                format!("--plugins={}", warm.path().display()),
-                format!("--cache-dir={}", cache.path().display()),
-                "--node-id=warm".into(),
-                "--cluster=other".into(),
-            ],
-            Duration::from_secs(60),
-        )
-        .await,
-    );
     std::fs::copy(math, warm.path().join("math.wasm"))?;
-    drop(
-        NodeProcess::spawn(
-            &exe,
-            &[
-                "node".into(),
-                "--listen=127.0.0.1:0".into(),
-                format!("--plugins={}", warm.path().display()),
-                format!("--cache-dir={}", cache.path().display()),
-                "--node-id=warm".into(),
-                "--cluster=other".into(),
-            ],
-            Duration::from_secs(60),
-        )
-        .await?,
-    );
+    let warm_args = vec![
+        "node".to_string(),
+        "--listen=127.0.0.1:0".into(),
+        format!("--plugins={}", warm.path().display()),
+        format!("--cache-dir={}", cache.path().display()),
+        "--node-id=warm".into(),
+        "--cluster=other".into(),
+    ];
+    drop(NodeProcess::spawn(&exe, &warm_args, Duration::from_secs(60)).await?);
 
     let tmp = nodes[0].dir.path().join(".math.wasm.tmp");
     std::fs::copy(math, &tmp)?;

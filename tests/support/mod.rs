@@ -225,3 +225,13 @@ pub async fn node_id(node: &TestNode) -> String {
     let report = client.call("weft.peers", vec![], Map::new(), &[]).await.unwrap();
     report["node"].as_str().unwrap().to_string()
 }
+
+/// Calls `fun` on `node` with resource tags `locs`; the error as text.
+pub async fn call_with_locs(node: &TestNode, fun: &str, args: Vec<Value>, locs: &[&str]) -> Result<Value, String> {
+    let locs: Vec<String> = locs.iter().map(|l| l.to_string()).collect();
+    node.client()
+        .await
+        .call(fun, args, Map::new(), &locs)
+        .await
+        .map_err(|e| e.to_string())
+}
