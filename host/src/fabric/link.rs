@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -301,6 +302,8 @@ where
     let mut last_heard = Instant::now();
     let mut stop = fabric.stop.clone();
     let mut left = false;
+    // Calls from the peer run inside this task (no task hop on the way in or out).
+    let mut serving = FuturesUnordered::new();
     loop {
         tokio::select! {
             frame = source.next() => {
@@ -382,7 +385,18 @@ where
                         }
                     }
                     PeerMessage::Call(request) => {
-                        tokio::spawn(fabric.clone().serve_call(request, tx.clone()));
+                        if serving.len() < LINK_QUEUE {
+                            serving.push(fabric.clone().serve_call(request));
+                        } else {
+                            let busy = PeerMessage::Reply {
+                                id: request.id,
+                                outcome: Err(wire::WireError {
+                                    kind: "failed".into(),
+                                    message: format!("node `{}` has {LINK_QUEUE} calls of this peer running", fabric.config.node_id),
+                                }),
+                            };
+                            queue(&tx, busy);
+                        }
                     }
                     PeerMessage::Reply { id, outcome } => fabric.complete(id, outcome),
                     PeerMessage::Hello { .. } | PeerMessage::Welcome { .. } | PeerMessage::Proof { .. } | PeerMessage::Refused { .. } => {
@@ -391,6 +405,7 @@ where
                     }
                 }
             }
+            Some(reply) = serving.next(), if !serving.is_empty() => queue(&tx, reply),
             _ = ping.tick() => {
                 if fabric.with_state(|s| s.blocked.contains(&peer.node)) {
                     tracing::info!(peer = %peer.node, "link cut (fault injection)");
@@ -459,5 +474,15 @@ fn frame_of(message: &PeerMessage, limit: usize) -> Option<Vec<u8>> {
             );
             None
         }
+    }
+}
+
+/// Queues `message` for the peer without waiting; when the queue is full, a task waits for room.
+fn queue(tx: &mpsc::Sender<PeerMessage>, message: PeerMessage) {
+    if let Err(mpsc::error::TrySendError::Full(message)) = tx.try_send(message) {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(message).await;
+        });
     }
 }

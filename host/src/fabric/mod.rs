@@ -219,8 +219,8 @@ impl Fabric {
         }
     }
 
-    /// Runs a call that came from a peer, on this node only.
-    async fn serve_call(self: Arc<Self>, request: CallRequest, reply: tokio::sync::mpsc::Sender<PeerMessage>) {
+    /// Runs a call that came from a peer, on this node only; returns the reply.
+    async fn serve_call(self: Arc<Self>, request: CallRequest) -> PeerMessage {
         let limits = self.executor.limits();
         let budget = Duration::from_millis(request.deadline_ms).min(limits.call_deadline);
         let context = CallContext {
@@ -242,12 +242,10 @@ impl Fabric {
                 kind: e.kind().to_string(),
                 message: e.to_string(),
             });
-        let _ = reply
-            .send(PeerMessage::Reply {
-                id: request.id,
-                outcome,
-            })
-            .await;
+        PeerMessage::Reply {
+            id: request.id,
+            outcome,
+        }
     }
 
     fn complete(&self, id: u64, outcome: Result<Value, WireError>) {
