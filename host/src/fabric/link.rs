@@ -384,6 +384,16 @@ where
                             fabric.with_state(|s| s.rumour_dead(&node, incarnation));
                         }
                     }
+                    PeerMessage::Probe { node } => {
+                        let alive = fabric.with_state(|s| s.hears(&node));
+                        let _ = tx.try_send(PeerMessage::ProbeAck { node, alive });
+                    }
+                    PeerMessage::ProbeAck { node, alive } => {
+                        if alive {
+                            tracing::debug!(peer = %node, vouched_by = %peer.node, "a suspect is still heard by another peer");
+                            fabric.with_state(|s| s.vouched(&node));
+                        }
+                    }
                     PeerMessage::Call(request) => {
                         if serving.len() < LINK_QUEUE {
                             serving.push(fabric.clone().serve_call(request));

@@ -41,7 +41,8 @@ pub struct Timing {
     pub ping: Duration,
     /// A link that carried nothing for this long is closed and its node suspected.
     pub link_timeout: Duration,
-    /// A suspected node that cannot be reached again within this is declared dead.
+    /// A suspected node that cannot be reached again within this is probed through the other
+    /// peers, and declared dead unless one of them still hears it (within 300 ms more).
     pub suspect_timeout: Duration,
     /// How often catalog digests are exchanged.
     pub anti_entropy: Duration,
@@ -52,7 +53,7 @@ impl Default for Timing {
         Timing {
             ping: Duration::from_millis(250),
             link_timeout: Duration::from_millis(1500),
-            suspect_timeout: Duration::from_millis(1000),
+            suspect_timeout: Duration::from_millis(700),
             anti_entropy: Duration::from_secs(1),
         }
     }
@@ -162,7 +163,11 @@ impl Fabric {
                 return;
             }
             let now = Instant::now();
-            let (dials, dead) = self.with_state(|s| s.plan_maintenance(now, &self.config));
+            let state::Maintenance { dials, dead, probes } = self.with_state(|s| s.plan_maintenance(now, &self.config));
+            for node in probes {
+                tracing::debug!(peer = %node, "peer suspected; asking the others whether they still hear it");
+                self.broadcast(PeerMessage::Probe { node });
+            }
             for (node, incarnation) in dead {
                 tracing::warn!(peer = %node, "peer declared dead; its commands are withdrawn");
                 self.broadcast(PeerMessage::Dead { node, incarnation });

@@ -48,7 +48,23 @@ pub struct Member {
     pub incarnation: u64,
     pub status: Status,
     pub since: Instant,
+    /// When the other peers were asked whether they still hear this suspect.
+    pub probed: Option<Instant>,
 }
+
+/// What a maintenance tick decided.
+#[derive(Default)]
+pub struct Maintenance {
+    /// URLs to dial.
+    pub dials: Vec<String>,
+    /// Suspects now declared dead (with their incarnation).
+    pub dead: Vec<(String, u64)>,
+    /// Suspects to ask the other peers about.
+    pub probes: Vec<String>,
+}
+
+/// How long peers have to vouch for a suspect before it is declared dead.
+const PROBE_WINDOW: Duration = Duration::from_millis(300);
 
 struct Backoff {
     failures: u32,
@@ -204,10 +220,12 @@ impl State {
             incarnation: 0,
             status: Status::Alive,
             since: Instant::now(),
+            probed: None,
         });
         member.url = url.to_string();
         member.status = Status::Alive;
         member.since = Instant::now();
+        member.probed = None;
         Some((id, stats, close))
     }
 
@@ -219,6 +237,7 @@ impl State {
                 if member.status == Status::Alive {
                     member.status = Status::Suspect;
                     member.since = Instant::now();
+                    member.probed = None;
                 }
             }
         }
@@ -245,6 +264,7 @@ impl State {
                         if matches!(member.status, Status::Dead | Status::Left) {
                             member.status = Status::Suspect;
                             member.since = Instant::now();
+                            member.probed = None;
                         }
                     }
                 }
@@ -256,6 +276,7 @@ impl State {
                             incarnation: info.incarnation,
                             status: Status::Suspect,
                             since: Instant::now(),
+                            probed: None,
                         },
                     );
                 }
@@ -309,18 +330,47 @@ impl State {
         }
     }
 
-    /// What the maintenance tick should do: URLs to dial, and suspects now declared dead.
-    pub fn plan_maintenance(&mut self, now: Instant, config: &FabricConfig) -> (Vec<String>, Vec<(String, u64)>) {
-        let mut dead = Vec::new();
+    /// Another peer still hears `node`: it stays a suspect (and is dialed) instead of dying.
+    pub fn vouched(&mut self, node: &str) {
+        if let Some(member) = self.members.get_mut(node) {
+            if member.status == Status::Suspect {
+                member.since = Instant::now();
+                member.probed = None;
+            }
+        }
+    }
+
+    /// Whether this node has a live link to `node` (the answer to a peer's probe).
+    pub fn hears(&self, node: &str) -> bool {
+        self.links.contains_key(node)
+    }
+
+    /// What the maintenance tick should do. A suspect unreachable for `suspect_timeout` is
+    /// probed through the other peers; if none of them vouches for it within the probe window,
+    /// it is declared dead.
+    pub fn plan_maintenance(&mut self, now: Instant, config: &FabricConfig) -> Maintenance {
+        let mut plan = Maintenance::default();
+        let can_probe = !self.links.is_empty();
         for (node, member) in self.members.iter_mut() {
-            if member.status == Status::Suspect
-                && !self.links.contains_key(node)
-                && now.duration_since(member.since) >= config.timing.suspect_timeout
+            if member.status != Status::Suspect
+                || self.links.contains_key(node)
+                || now.duration_since(member.since) < config.timing.suspect_timeout
             {
-                member.status = Status::Dead;
-                member.since = now;
-                self.catalogs.remove(node);
-                dead.push((node.clone(), member.incarnation));
+                continue;
+            }
+            match member.probed {
+                None if can_probe => {
+                    member.probed = Some(now);
+                    plan.probes.push(node.clone());
+                }
+                Some(at) if now.duration_since(at) < PROBE_WINDOW => {}
+                _ => {
+                    member.status = Status::Dead;
+                    member.since = now;
+                    member.probed = None;
+                    self.catalogs.remove(node);
+                    plan.dead.push((node.clone(), member.incarnation));
+                }
             }
         }
         // Dead members are forgotten after a while; until then they are still dialed (with
@@ -346,9 +396,8 @@ impl State {
                 .collect();
             wanted.extend(self.seeds.iter().filter(|s| !linked_urls.contains(s.as_str())).cloned());
         }
-        let mut dials = Vec::new();
         for url in wanted {
-            if url == self.my_url || self.dialing.contains(&url) || dials.contains(&url) {
+            if url == self.my_url || self.dialing.contains(&url) || plan.dials.contains(&url) {
                 continue;
             }
             if self.backoff.get(&url).is_some_and(|b| b.next > now) {
@@ -358,9 +407,9 @@ impl State {
                 break;
             }
             self.dialing.insert(url.clone());
-            dials.push(url);
+            plan.dials.push(url);
         }
-        (dials, dead)
+        plan
     }
 
     /// A dial of `url` failed: wait longer (exponential, with jitter) before the next.

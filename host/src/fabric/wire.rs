@@ -66,6 +66,15 @@ pub enum PeerMessage {
         node: String,
         incarnation: u64,
     },
+    /// The sender suspects `node`: does the receiver still hear it?
+    Probe {
+        node: String,
+    },
+    /// The answer to a `Probe`.
+    ProbeAck {
+        node: String,
+        alive: bool,
+    },
 
     /// Run a command on the receiver.
     Call(CallRequest),
