@@ -167,26 +167,53 @@ async fn a_node_others_still_hear_is_not_declared_dead() {
     let b = fabric_node(&["math"], Some(&a), &["--fault-injection"]).await;
     let c = fabric_node(&[], Some(&a), &["--fault-injection"]).await;
     let (id_a, id_b) = (support::node_id(&a).await, support::node_id(&b).await);
-    assert!(eventually(CONVERGE, || async { state_of(&c, &id_b).await.as_deref() == Some("alive") }).await);
-    assert!(eventually(CONVERGE, || async { state_of(&a, &id_b).await.as_deref() == Some("alive") }).await);
+    assert!(
+        eventually(CONVERGE, || async {
+            state_of(&c, &id_b).await.as_deref() == Some("alive")
+        })
+        .await
+    );
+    assert!(
+        eventually(CONVERGE, || async {
+            state_of(&a, &id_b).await.as_deref() == Some("alive")
+        })
+        .await
+    );
     let cut = |node: &TestNode, action: &'static str, peer: String| {
         let url = node.url().to_string();
         async move {
             let client = weft::net::Client::connect(&url).await.unwrap();
-            client.call("weft.fault", vec![json!(action), json!([peer])], no_kwargs(), &[]).await.unwrap();
+            client
+                .call("weft.fault", vec![json!(action), json!([peer])], no_kwargs(), &[])
+                .await
+                .unwrap();
         }
     };
     cut(&a, "cut", id_b.clone()).await;
     cut(&b, "cut", id_a.clone()).await;
-    assert!(eventually(CONVERGE, || async { state_of(&a, &id_b).await.as_deref() == Some("suspect") }).await);
+    assert!(
+        eventually(CONVERGE, || async {
+            state_of(&a, &id_b).await.as_deref() == Some("suspect")
+        })
+        .await
+    );
     // Far longer than link timeout + suspicion + probe window.
     let watch_until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < watch_until {
-        assert_eq!(state_of(&a, &id_b).await.as_deref(), Some("suspect"), "B was declared dead although C hears it");
+        assert_eq!(
+            state_of(&a, &id_b).await.as_deref(),
+            Some("suspect"),
+            "B was declared dead although C hears it"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(state_of(&c, &id_b).await.as_deref(), Some("alive"));
     cut(&a, "restore", id_b.clone()).await;
     cut(&b, "restore", id_a.clone()).await;
-    assert!(eventually(CONVERGE, || async { state_of(&a, &id_b).await.as_deref() == Some("alive") }).await);
+    assert!(
+        eventually(CONVERGE, || async {
+            state_of(&a, &id_b).await.as_deref() == Some("alive")
+        })
+        .await
+    );
 }

@@ -112,6 +112,17 @@ async fn run(n: usize, math: &Path) -> anyhow::Result<()> {
     let mean_rss = rss.iter().sum::<u64>() as f64 / rss.len().max(1) as f64 / 1024.0;
     println!("N={n}: RSS per node, mean {mean_rss:.1} MiB");
 
+    // Idle control traffic: bytes every node writes to its peer links over 5 quiet seconds.
+    let window = Duration::from_secs(5);
+    let before = bytes_out(&nodes).await?;
+    tokio::time::sleep(window).await;
+    let after = bytes_out(&nodes).await?;
+    let per_node = (after.saturating_sub(before)) as f64 / n as f64 / window.as_secs_f64() / 1024.0;
+    println!(
+        "N={n}: idle control traffic sent per node {per_node:.2} KiB/s ({} peer links each)",
+        n - 1
+    );
+
     // SIGSTOP the last node, then SIGKILL the one before it.
     for (signal, victim) in [("-STOP", n - 1), ("-KILL", n - 2)] {
         let pid = nodes[victim].process.id().unwrap_or_default().to_string();
@@ -261,4 +272,16 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// Bytes all nodes have written to their peer links so far.
+async fn bytes_out(nodes: &[Node]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for node in nodes {
+        let peers = node.client.call("weft.peers", Vec::new(), Map::new(), &[]).await?;
+        total += peers["peers"]
+            .as_array()
+            .map_or(0, |p| p.iter().filter_map(|p| p["bytes_out"].as_u64()).sum::<u64>());
+    }
+    Ok(total)
 }

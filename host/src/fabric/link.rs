@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::auth;
+use super::state::LinkStats;
 use super::wire::{self, PeerMessage, PEER_PATH, PROTOCOL_VERSION};
 use super::Fabric;
 
@@ -260,16 +261,18 @@ where
     let frame_limit = fabric.peer_frame_limit();
     tracing::info!(peer = %peer.node, url = %peer.url, "peer linked");
     let (mut sink, mut source) = ws.split();
+    let out_stats = stats.clone();
     let writer = tokio::spawn(async move {
+        let stats = out_stats;
         while let Some(message) = outbox.recv().await {
-            let Some(frame) = frame_of(&message, frame_limit) else {
+            let Some(frame) = frame_of(&message, frame_limit, &stats) else {
                 continue;
             };
             if sink.feed(Message::Binary(frame.into())).await.is_err() {
                 return;
             }
             while let Ok(message) = outbox.try_recv() {
-                let Some(frame) = frame_of(&message, frame_limit) else {
+                let Some(frame) = frame_of(&message, frame_limit, &stats) else {
                     continue;
                 };
                 if sink.feed(Message::Binary(frame.into())).await.is_err() {
@@ -308,7 +311,7 @@ where
         tokio::select! {
             frame = source.next() => {
                 let message = match frame {
-                    Some(Ok(Message::Binary(frame))) => match wire::decode(&frame) {
+                    Some(Ok(Message::Binary(frame))) => match decode_counted(&frame, &stats) {
                         Ok(message) => message,
                         Err(e) => {
                             tracing::warn!(peer = %peer.node, error = %e, "malformed peer frame; closing the link");
@@ -451,9 +454,22 @@ where
     }
 }
 
-/// Encodes a message for the wire. A reply too large for a peer frame becomes an error reply
-/// (the caller learns why); anything else too large is dropped with a warning.
-fn frame_of(message: &PeerMessage, limit: usize) -> Option<Vec<u8>> {
+/// Decodes a frame read from the link, counting its bytes.
+fn decode_counted(frame: &[u8], stats: &LinkStats) -> Result<PeerMessage, rmp_serde::decode::Error> {
+    stats.bytes_in.fetch_add(frame.len() as u64, Ordering::Relaxed);
+    wire::decode(frame)
+}
+
+/// Encodes a message for the wire, counting its bytes. A reply too large for a peer frame
+/// becomes an error reply (the caller learns why); anything else too large is dropped with a
+/// warning.
+fn frame_of(message: &PeerMessage, limit: usize, stats: &LinkStats) -> Option<Vec<u8>> {
+    let frame = frame_within(message, limit)?;
+    stats.bytes_out.fetch_add(frame.len() as u64, Ordering::Relaxed);
+    Some(frame)
+}
+
+fn frame_within(message: &PeerMessage, limit: usize) -> Option<Vec<u8>> {
     let frame = match wire::encode(message) {
         Ok(frame) => frame,
         Err(e) => {

@@ -21,6 +21,9 @@ pub struct LinkStats {
     pub rtt_us: AtomicU64,
     /// Calls sent on the link and not answered yet.
     pub inflight: AtomicUsize,
+    /// Bytes of peer frames written to and read from the link.
+    pub bytes_out: AtomicU64,
+    pub bytes_in: AtomicU64,
 }
 
 pub struct LinkHandle {
@@ -506,6 +509,8 @@ impl State {
                     "linked": link.is_some(),
                     "rtt_us": link.map(|l| l.stats.rtt_us.load(Ordering::Relaxed)),
                     "inflight": link.map(|l| l.stats.inflight.load(Ordering::Relaxed)),
+                    "bytes_out": link.map(|l| l.stats.bytes_out.load(Ordering::Relaxed)),
+                    "bytes_in": link.map(|l| l.stats.bytes_in.load(Ordering::Relaxed)),
                     "commands": self.catalogs.get(node).map_or(0, |(_, e)| e.len()),
                 })
             })
