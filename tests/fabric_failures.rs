@@ -217,3 +217,24 @@ async fn a_node_others_still_hear_is_not_declared_dead() {
         .await
     );
 }
+
+#[tokio::test]
+async fn a_node_restarted_under_the_same_id_replaces_its_old_catalog() {
+    // B is killed and comes back at once with the same id and another version of its plugin:
+    // A must serve what B serves now, never what it served in its previous life.
+    let a = fabric_node(&[], None, &[]).await;
+    let b = fabric_node(&["greeter-v1"], Some(&a), &["--node-id=phoenix"]).await;
+    let hello = || async {
+        a.client()
+            .await
+            .call("greeter.hello", vec![json!("a")], no_kwargs(), &[])
+            .await
+            .map_err(|e| e.to_string())
+    };
+    assert!(eventually(CONVERGE, || async { hello().await == Ok(json!("hello a from v1")) }).await);
+    signal(&b, "-KILL");
+    drop(b);
+    let _b = fabric_node(&["greeter-v2"], Some(&a), &["--node-id=phoenix"]).await;
+    assert!(eventually(CONVERGE, || async { hello().await == Ok(json!("hello a from v2")) }).await);
+    assert_eq!(servers_of(&a, "greeter.hello").await, vec!["phoenix".to_string()]);
+}
