@@ -313,3 +313,31 @@ async fn parallel_branches_on_three_nodes_join_into_one_list() {
         "{response}"
     );
 }
+
+#[tokio::test]
+async fn a_plugin_calls_commands_served_by_other_nodes() {
+    // `pipeline.report` on C calls `math.stats` (only on A) and `text.upper` (only on B) through
+    // `host.call`, routed like any client call.
+    let a = fabric_node(&["math"], None, &[]).await;
+    let b = fabric_node(&["text"], Some(&a), &[]).await;
+    let c = fabric_node(&["pipeline"], Some(&a), &[]).await;
+    let _keep = &b;
+    assert!(
+        eventually(CONVERGE, || async {
+            !servers_of(&c, "math.stats").await.is_empty() && !servers_of(&c, "text.upper").await.is_empty()
+        })
+        .await
+    );
+    // Called on A, served on C, whose plugin calls back to A and over to B.
+    assert!(
+        eventually(CONVERGE, || async {
+            !servers_of(&a, "pipeline.report").await.is_empty()
+        })
+        .await
+    );
+    let report = call_with_locs(&a, "pipeline.report", vec![json!("mesh"), json!([4, 2, 6])], &[])
+        .await
+        .unwrap();
+    assert_eq!(report["title"], json!("MESH"));
+    assert_eq!(report["stats"]["median"], json!(4.0));
+}
