@@ -56,7 +56,23 @@ async fn calls_go_to_the_idle_provider() {
         let calls = (0..12).map(|_| client.call("flavour.slow", vec![json!(1500)], no_kwargs(), &gpu));
         futures_util::future::join_all(calls).await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until the caller has all twelve running on the GPU node.
+    let gpu_id = support::node_id(&gpu).await;
+    let busy_seen = eventually(CONVERGE, || async {
+        let peers = caller
+            .client()
+            .await
+            .call("weft.peers", vec![], no_kwargs(), &[])
+            .await
+            .unwrap();
+        peers["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["node"] == gpu_id.as_str() && p["inflight"] == 12)
+    })
+    .await;
+    assert!(busy_seen, "the slow calls never ran");
     let mut answers = Vec::new();
     for _ in 0..20 {
         answers.push(call(&caller, "flavour.name", vec![], &[]).await.unwrap());

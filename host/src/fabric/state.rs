@@ -66,6 +66,9 @@ pub struct Maintenance {
     pub probes: Vec<String>,
 }
 
+/// The round-trip time assumed for a link before its first pong (1 ms).
+const UNMEASURED_RTT_US: u64 = 1000;
+
 /// How long peers have to vouch for a suspect before it is declared dead.
 const PROBE_WINDOW: Duration = Duration::from_millis(300);
 
@@ -467,7 +470,11 @@ impl State {
                 }
                 let score = |node: &String| {
                     self.links.get(node).map_or(u64::MAX, |l| {
-                        let rtt = l.stats.rtt_us.load(Ordering::Relaxed).max(1);
+                        // A link not measured yet counts as slow-ish, never as the fastest.
+                        let rtt = match l.stats.rtt_us.load(Ordering::Relaxed) {
+                            0 => UNMEASURED_RTT_US,
+                            measured => measured,
+                        };
                         rtt.saturating_mul(1 + l.stats.inflight.load(Ordering::Relaxed) as u64)
                     })
                 };
