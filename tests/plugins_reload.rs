@@ -291,14 +291,7 @@ async fn a_restart_loads_compiled_code_from_the_cache() {
     drop(node);
     let node = TestNode::start(&["math"], &[&cache_arg]).await;
     assert_eq!(origin(&node).await, json!("cache"));
-    assert_eq!(
-        node.client()
-            .await
-            .call("math.add", vec![json!(2), json!(3)], support::no_kwargs(), &[])
-            .await
-            .unwrap(),
-        json!(5)
-    );
+    assert_eq!(add(&node).await, json!(5));
     drop(node);
     // Corrupt every entry: detected, recompiled, served.
     for entry in walk(cache.path()) {
@@ -309,14 +302,15 @@ async fn a_restart_loads_compiled_code_from_the_cache() {
     }
     let node = TestNode::start(&["math"], &[&cache_arg]).await;
     assert_eq!(origin(&node).await, json!("compiled"));
-    assert_eq!(
-        node.client()
-            .await
-            .call("math.add", vec![json!(2), json!(3)], support::no_kwargs(), &[])
-            .await
-            .unwrap(),
-        json!(5)
-    );
+    assert_eq!(add(&node).await, json!(5));
+}
+
+async fn add(node: &TestNode) -> Value {
+    node.client()
+        .await
+        .call("math.add", vec![json!(2), json!(3)], support::no_kwargs(), &[])
+        .await
+        .unwrap()
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

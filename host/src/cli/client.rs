@@ -48,12 +48,9 @@ pub struct PluginsArgs {
 
 /// `weft plugins`: every plugin file of the node, with its state, digest, commands and last error.
 pub async fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::connect(&args.url).await?;
-    let report = client.call("weft.plugins", Vec::new(), Map::new(), &[]).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let Some(report) = report(&args.url, "weft.plugins", args.json).await? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let plugins = report.as_array().cloned().unwrap_or_default();
     if plugins.is_empty() {
         println!("no plugins");
@@ -106,12 +103,9 @@ pub struct FabricArgs {
 
 /// `weft peers`: the members this node knows, with state, link and round-trip time.
 pub async fn peers(args: FabricArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::connect(&args.url).await?;
-    let report = client.call("weft.peers", Vec::new(), Map::new(), &[]).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let Some(report) = report(&args.url, "weft.peers", args.json).await? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
     println!(
         "node {} of cluster {} at {}",
@@ -136,12 +130,9 @@ pub async fn peers(args: FabricArgs) -> anyhow::Result<ExitCode> {
 
 /// `weft catalog`: every command of the fabric, with its tags and the nodes serving it.
 pub async fn catalog(args: FabricArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::connect(&args.url).await?;
-    let report = client.call("weft.catalog", Vec::new(), Map::new(), &[]).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let Some(report) = report(&args.url, "weft.catalog", args.json).await? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
     for row in report.as_array().into_iter().flatten() {
         let tags: Vec<String> = row["tags"].as_array().into_iter().flatten().map(text).collect();
@@ -154,6 +145,18 @@ pub async fn catalog(args: FabricArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Calls a report built-in (`weft.plugins`, `weft.peers`, `weft.catalog`). With `json`, prints
+/// the report and returns `None`; otherwise returns it for formatting.
+async fn report(url: &str, builtin: &str, json: bool) -> anyhow::Result<Option<Value>> {
+    let client = Client::connect(url).await?;
+    let report = client.call(builtin, Vec::new(), Map::new(), &[]).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(None);
+    }
+    Ok(Some(report))
 }
 
 pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {

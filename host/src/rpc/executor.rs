@@ -277,10 +277,14 @@ impl Executor {
         selector: &Selector,
         context: CallContext,
     ) -> Result<Value, CommandError> {
-        let remote = self.remote.get().filter(|_| !builtins::NAMES.contains(&fun));
-        let local_match = self.table().find(fun, selector).is_ok();
+        // The table is consulted here only when another node could serve the call; a node
+        // without a fabric goes straight to the local path.
+        let remote = self
+            .remote
+            .get()
+            .filter(|_| !builtins::NAMES.contains(&fun) && self.table().find(fun, selector).is_err());
         match remote {
-            Some(remote) if !local_match => {
+            Some(remote) => {
                 let call = RemoteCall {
                     fun: fun.to_string(),
                     args,
