@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use weft::config::{self, Limits};
+use weft::fabric::identity::NodeKey;
 use weft::fabric::{FabricConfig, Timing};
 use weft::node::{Node, NodeConfig};
 
@@ -59,7 +60,9 @@ pub struct NodeArgs {
     /// The URL peers and clients reach this node at [default: the listener's address].
     #[arg(long, env = "WEFT_ADVERTISE")]
     advertise: Option<String>,
-    /// Peers linked directly at most.
+    /// Fabrics up to this many nodes form a full mesh; larger ones a partial view (each node
+    /// links to a few others and calls travel through them). A node dials at most this many
+    /// peers and accepts up to twice as many links.
     #[arg(long, env = "WEFT_MAX_MESH", default_value_t = 32)]
     max_mesh: usize,
     /// Accept `weft.fault` calls that cut and restore peer links (for tests; never in production).
@@ -89,12 +92,21 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         (false, Some(dir)) => Some(dir),
         (false, None) => default_cache_dir(),
     };
+    let data_dir = args.data_dir.or_else(default_data_dir);
     let node_id = match args.node_id {
         Some(id) => id,
-        None => persistent_node_id(args.data_dir.or_else(default_data_dir))?,
+        None => persistent_node_id(data_dir.as_deref())?,
+    };
+    let key = match &data_dir {
+        Some(dir) => NodeKey::load_or_create(dir).context("keeping the node's key")?,
+        None => {
+            tracing::warn!("no data directory: this node's key lasts until the node stops (--data-dir)");
+            NodeKey::generate()
+        }
     };
     let fabric = FabricConfig {
         node_id,
+        key,
         cluster: args.cluster,
         secret: args.cluster_secret.unwrap_or_default().into_bytes(),
         advertise_url: args.advertise.unwrap_or_default(),
@@ -156,7 +168,7 @@ fn default_data_dir() -> Option<PathBuf> {
 }
 
 /// The node id kept in `dir/node-id`, created (random) on first use.
-fn persistent_node_id(dir: Option<PathBuf>) -> anyhow::Result<String> {
+fn persistent_node_id(dir: Option<&std::path::Path>) -> anyhow::Result<String> {
     let random = || {
         let nonce = weft::fabric::auth::nonce();
         nonce[..8].iter().map(|b| format!("{b:02x}")).collect::<String>()

@@ -1,5 +1,6 @@
-//! Proof of the shared cluster secret: HMAC-SHA256 over both nonces and both node ids, so the
-//! secret never crosses the wire and a proof cannot be replayed on another connection.
+//! Proof of the shared cluster secret: HMAC-SHA256 over a transcript of both nonces, node ids and
+//! public keys, so the secret never crosses the wire and a proof cannot be replayed on another
+//! connection or bound to another key.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -15,26 +16,42 @@ pub fn nonce() -> [u8; 32] {
     nonce
 }
 
-/// The proof `role` (`"dialer"` or `"listener"`) gives of knowing `secret`.
-pub fn proof(
-    secret: &[u8],
+/// What both sides of a handshake prove and sign: the role, both nonces, both node ids and both
+/// public keys, each length-prefixed.
+pub fn transcript(
     role: &str,
     dialer_nonce: &[u8; 32],
     listener_nonce: &[u8; 32],
-    dialer: &str,
-    listener: &str,
-) -> [u8; 32] {
-    let mut mac = mac(secret);
+    dialer: Party,
+    listener: Party,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
     for part in [
         role.as_bytes(),
         dialer_nonce,
         listener_nonce,
-        dialer.as_bytes(),
-        listener.as_bytes(),
+        dialer.node.as_bytes(),
+        listener.node.as_bytes(),
+        dialer.key,
+        listener.key,
     ] {
-        mac.update(&(part.len() as u64).to_le_bytes());
-        mac.update(part);
+        out.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        out.extend_from_slice(part);
     }
+    out
+}
+
+/// One side of a handshake: its node id and public key.
+#[derive(Clone, Copy)]
+pub struct Party<'a> {
+    pub node: &'a str,
+    pub key: &'a [u8; 32],
+}
+
+/// The proof of knowing `secret`, over a handshake transcript.
+pub fn proof(secret: &[u8], transcript: &[u8]) -> [u8; 32] {
+    let mut mac = mac(secret);
+    mac.update(transcript);
     mac.finalize().into_bytes().into()
 }
 
@@ -59,14 +76,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn proofs_bind_secret_role_nonces_and_nodes() {
+    fn proofs_bind_secret_role_nonces_nodes_and_keys() {
         let (a, b) = (nonce(), nonce());
         assert_ne!(a, b);
-        let p = proof(b"s3cret", "dialer", &a, &b, "n1", "n2");
-        assert!(verify(&p, &proof(b"s3cret", "dialer", &a, &b, "n1", "n2")));
-        assert!(!verify(&p, &proof(b"other", "dialer", &a, &b, "n1", "n2")));
-        assert!(!verify(&p, &proof(b"s3cret", "listener", &a, &b, "n1", "n2")));
-        assert!(!verify(&p, &proof(b"s3cret", "dialer", &b, &a, "n1", "n2")));
-        assert!(!verify(&p, &proof(b"s3cret", "dialer", &a, &b, "n2", "n1")));
+        let (k1, k2) = ([1u8; 32], [2u8; 32]);
+        let p1 = Party { node: "n1", key: &k1 };
+        let p2 = Party { node: "n2", key: &k2 };
+        let p = proof(b"s3cret", &transcript("dialer", &a, &b, p1, p2));
+        assert!(verify(&p, &proof(b"s3cret", &transcript("dialer", &a, &b, p1, p2))));
+        assert!(!verify(&p, &proof(b"other", &transcript("dialer", &a, &b, p1, p2))));
+        assert!(!verify(&p, &proof(b"s3cret", &transcript("listener", &a, &b, p1, p2))));
+        assert!(!verify(&p, &proof(b"s3cret", &transcript("dialer", &b, &a, p1, p2))));
+        assert!(!verify(&p, &proof(b"s3cret", &transcript("dialer", &a, &b, p2, p1))));
+        let p1_other_key = Party { node: "n1", key: &k2 };
+        assert!(!verify(
+            &p,
+            &proof(b"s3cret", &transcript("dialer", &a, &b, p1_other_key, p2))
+        ));
     }
 }

@@ -14,10 +14,11 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::auth;
+use super::gossip::Flow;
 use super::state::LinkStats;
 use super::wire::{self, PeerMessage, PEER_PATH, PROTOCOL_VERSION};
 use super::Fabric;
+use super::{auth, identity};
 
 /// The whole handshake must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -28,6 +29,7 @@ const LINK_QUEUE: usize = 4096;
 struct Peer {
     node: String,
     url: String,
+    key: [u8; 32],
 }
 
 /// Dials `url` and, once authenticated, runs the link.
@@ -119,6 +121,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let config = &fabric.config;
+    let my_key = config.key.public();
     let my_nonce = auth::nonce();
     send(
         ws,
@@ -127,6 +130,7 @@ where
             cluster: config.cluster.clone(),
             node: config.node_id.clone(),
             url: config.advertise_url.clone(),
+            key: my_key,
             nonce: my_nonce,
         },
     )
@@ -137,19 +141,36 @@ where
             cluster,
             node,
             url,
+            key,
             nonce,
             proof,
+            signature,
         } => {
             if protocol != PROTOCOL_VERSION || cluster != config.cluster {
                 return Err(refuse(ws, format!("peer speaks protocol {protocol} of cluster `{cluster}`")).await);
             }
-            let expected = auth::proof(&config.secret, "listener", &my_nonce, &nonce, &config.node_id, &node);
-            if !auth::verify(&expected, &proof) {
+            let me = auth::Party {
+                node: &config.node_id,
+                key: &my_key,
+            };
+            let them = auth::Party { node: &node, key: &key };
+            let theirs = auth::transcript("listener", &my_nonce, &nonce, me, them);
+            if !auth::verify(&auth::proof(&config.secret, &theirs), &proof) {
                 return Err(refuse(ws, format!("peer `{node}` failed the cluster-secret proof")).await);
             }
-            let mine = auth::proof(&config.secret, "dialer", &my_nonce, &nonce, &config.node_id, &node);
-            send(ws, &PeerMessage::Proof { proof: mine }).await?;
-            Ok(Peer { node, url })
+            if !identity::verify(&key, &theirs, &signature) {
+                return Err(refuse(ws, format!("peer `{node}` did not sign with the key it named")).await);
+            }
+            let mine = auth::transcript("dialer", &my_nonce, &nonce, me, them);
+            send(
+                ws,
+                &PeerMessage::Proof {
+                    proof: auth::proof(&config.secret, &mine),
+                    signature: config.key.sign(&mine),
+                },
+            )
+            .await?;
+            Ok(Peer { node, url, key })
         }
         PeerMessage::Refused { reason } => Err(format!("the peer refused: {reason}")),
         other => Err(format!("unexpected handshake message {other:?}")),
@@ -166,6 +187,7 @@ where
         cluster,
         node,
         url,
+        key,
         nonce: dialer_nonce,
     } = receive(ws).await?
     else {
@@ -190,15 +212,14 @@ where
     if fabric.with_state(|s| s.blocked.contains(&node)) {
         return Err(refuse(ws, format!("node `{node}` is cut off (fault injection)")).await);
     }
+    let my_key = config.key.public();
     let my_nonce = auth::nonce();
-    let proof = auth::proof(
-        &config.secret,
-        "listener",
-        &dialer_nonce,
-        &my_nonce,
-        &node,
-        &config.node_id,
-    );
+    let them = auth::Party { node: &node, key: &key };
+    let me = auth::Party {
+        node: &config.node_id,
+        key: &my_key,
+    };
+    let mine = auth::transcript("listener", &dialer_nonce, &my_nonce, them, me);
     send(
         ws,
         &PeerMessage::Welcome {
@@ -206,25 +227,23 @@ where
             cluster: config.cluster.clone(),
             node: config.node_id.clone(),
             url: config.advertise_url.clone(),
+            key: my_key,
             nonce: my_nonce,
-            proof,
+            proof: auth::proof(&config.secret, &mine),
+            signature: config.key.sign(&mine),
         },
     )
     .await?;
     match receive(ws).await? {
-        PeerMessage::Proof { proof } => {
-            let expected = auth::proof(
-                &config.secret,
-                "dialer",
-                &dialer_nonce,
-                &my_nonce,
-                &node,
-                &config.node_id,
-            );
-            if !auth::verify(&expected, &proof) {
+        PeerMessage::Proof { proof, signature } => {
+            let theirs = auth::transcript("dialer", &dialer_nonce, &my_nonce, them, me);
+            if !auth::verify(&auth::proof(&config.secret, &theirs), &proof) {
                 return Err(refuse(ws, format!("node `{node}` at {url} failed the cluster-secret proof")).await);
             }
-            Ok(Peer { node, url })
+            if !identity::verify(&key, &theirs, &signature) {
+                return Err(refuse(ws, format!("node `{node}` at {url} did not sign with the key it named")).await);
+            }
+            Ok(Peer { node, url, key })
         }
         PeerMessage::Refused { reason } => Err(format!("node `{node}` refused: {reason}")),
         other => Err(format!("unexpected handshake message {other:?}")),
@@ -248,7 +267,7 @@ where
         if fabric.is_leaving() {
             return None;
         }
-        let added = s.add_link(&peer.node, &peer.url, dialer, tx.clone());
+        let added = s.add_link(&peer.node, &peer.url, peer.key, dialer, tx.clone(), fabric.max_links());
         if let Some(url) = &dialed {
             s.dial_done(url, added.is_some());
         }
@@ -285,17 +304,11 @@ where
         }
         let _ = sink.close().await;
     });
-    // What the peer needs first: who we know, and what we serve.
-    let (members, catalog) =
-        fabric.with_state(|s| (s.members_message(), s.local_catalog_message(&fabric.config.node_id)));
-    let _ = tx.try_send(members.clone());
-    let _ = tx.try_send(catalog);
-    // Tell the others about the newcomer.
-    for (node, other) in fabric.with_state(|s| s.link_senders()) {
-        if node != peer.node {
-            let _ = other.try_send(members.clone());
-        }
-    }
+    // What the peer needs first: this node's record, and the versions of every record held
+    // (the peer asks for what it lacks and sends what this node lacks).
+    let (record, versions) = fabric.with_state(|s| (s.own_record_message(), s.versions_message()));
+    let _ = tx.try_send(record);
+    let _ = tx.try_send(versions);
 
     let timing = fabric.config.timing.clone();
     let mut ping = tokio::time::interval(timing.ping);
@@ -338,65 +351,6 @@ where
                             stats.rtt_us.store(smoothed.max(1), Ordering::Relaxed);
                         }
                     }
-                    PeerMessage::Members { members } => {
-                        fabric.with_state(|s| s.learn_members(members));
-                    }
-                    PeerMessage::Catalog { node, version, entries } => {
-                        // Only a node itself may describe what it serves.
-                        if node == peer.node {
-                            fabric.with_state(|s| s.learn_catalog(&node, version, entries));
-                        } else {
-                            tracing::warn!(peer = %peer.node, about = %node, "ignored a catalog sent for another node");
-                        }
-                    }
-                    PeerMessage::Digest { versions } => {
-                        let behind: Vec<String> = fabric.with_state(|s| {
-                            versions
-                                .into_iter()
-                                .filter(|(node, version)| *node == peer.node && s.catalog_version(node) < *version)
-                                .map(|(node, _)| node)
-                                .collect()
-                        });
-                        if !behind.is_empty() {
-                            let _ = tx.try_send(PeerMessage::Want { nodes: behind });
-                        }
-                    }
-                    PeerMessage::Want { nodes } => {
-                        if nodes.contains(&fabric.config.node_id) {
-                            let catalog = fabric.with_state(|s| s.local_catalog_message(&fabric.config.node_id));
-                            let _ = tx.try_send(catalog);
-                        }
-                    }
-                    PeerMessage::Leave { node } => {
-                        if node == peer.node {
-                            tracing::info!(peer = %peer.node, "peer left");
-                            fabric.with_state(|s| s.node_left(&node));
-                            left = true;
-                            break;
-                        }
-                    }
-                    PeerMessage::Dead { node, incarnation } => {
-                        if node == fabric.config.node_id {
-                            let refute = fabric.with_state(|s| {
-                                s.incarnation = s.incarnation.max(incarnation).saturating_add(1);
-                                s.members_message()
-                            });
-                            tracing::warn!(rumoured_by = %peer.node, "refuting a rumour of this node's death");
-                            fabric.broadcast(refute);
-                        } else {
-                            fabric.with_state(|s| s.rumour_dead(&node, incarnation));
-                        }
-                    }
-                    PeerMessage::Probe { node } => {
-                        let alive = fabric.with_state(|s| s.hears(&node));
-                        let _ = tx.try_send(PeerMessage::ProbeAck { node, alive });
-                    }
-                    PeerMessage::ProbeAck { node, alive } => {
-                        if alive {
-                            tracing::debug!(peer = %node, vouched_by = %peer.node, "a suspect is still heard by another peer");
-                            fabric.with_state(|s| s.vouched(&node));
-                        }
-                    }
                     PeerMessage::Call(request) => {
                         if serving.len() < LINK_QUEUE {
                             serving.push(fabric.clone().serve_call(request));
@@ -415,6 +369,13 @@ where
                     PeerMessage::Hello { .. } | PeerMessage::Welcome { .. } | PeerMessage::Proof { .. } | PeerMessage::Refused { .. } => {
                         tracing::warn!(peer = %peer.node, "handshake message on an established link; closing it");
                         break;
+                    }
+                    gossip => {
+                        if let Flow::Left = fabric.on_gossip(&peer.node, &tx, gossip) {
+                            tracing::info!(peer = %peer.node, "peer left");
+                            left = true;
+                            break;
+                        }
                     }
                 }
             }

@@ -4,14 +4,22 @@
 //! - [`wire`]: the peer messages (binary MessagePack frames on the `/fabric` WebSocket path).
 //! - [`auth`]: the cluster-secret proof of the handshake.
 //! - [`link`]: one authenticated connection to a peer: handshake, frames, pings.
-//! - [`state`]: members, catalogs, links, and the choice of a replica.
+//! - [`identity`]: the node's ed25519 key.
+//! - [`link`]: one authenticated connection to a peer: handshake, frames, pings.
+//! - [`gossip`]: records relayed, anti-entropy, departures, deaths and probes.
+//! - [`state`]: members, records, links, and the choice of a replica and of the link to it.
+//! - [`route`]: shortest paths through nodes that are not linked directly.
 //!
-//! Every node owns its catalog entries: a node accepts a catalog only from the link of the node
-//! it describes, so no node can advertise commands for another. Links form a full mesh (up to
-//! `max_mesh` peers); anti-entropy digests repair any catalog update that was missed.
+//! Every node owns its record (catalog entries, URL, links) and signs it with its key; any node
+//! relays it and none can forge it. Links form a full mesh up to `max_mesh` nodes and a partial
+//! view beyond (a ring plus random links); calls for nodes not linked directly travel through
+//! others, hop by hop, with a hop budget. Anti-entropy digests repair any update that was missed.
 
 pub mod auth;
+mod gossip;
+pub mod identity;
 mod link;
+mod route;
 mod state;
 pub mod wire;
 
@@ -31,8 +39,9 @@ use crate::net::server::PeerHandler;
 use crate::plugins::Selector;
 use crate::rpc::{Executor, Remote, RemoteCall, RemoteFuture};
 use crate::runtime::CallContext;
-use state::State;
-use wire::{CallRequest, CatalogEntry, PeerMessage, WireError};
+use identity::NodeKey;
+use state::{Route, State};
+use wire::{CallRequest, CatalogEntry, PeerMessage, WireError, MAX_HOPS};
 
 /// Timings of failure detection and repair, with their defaults.
 #[derive(Debug, Clone)]
@@ -64,13 +73,16 @@ impl Default for Timing {
 pub struct FabricConfig {
     /// The node's stable identity.
     pub node_id: String,
+    /// The key the node proves its identity with and signs its record with.
+    pub key: NodeKey,
     pub cluster: String,
     /// Shared by every node of the cluster; proven, never sent.
     pub secret: Vec<u8>,
     /// The URL other nodes (and clients) reach this node at.
     pub advertise_url: String,
     pub seeds: Vec<String>,
-    /// Peers linked directly at most.
+    /// Fabrics up to this many nodes form a full mesh; larger ones a partial view. A node
+    /// dials at most this many peers and accepts links up to twice as many.
     pub max_mesh: usize,
     pub timing: Timing,
     /// Accept `weft.fault` calls that cut and restore links (tests only).
@@ -141,6 +153,11 @@ impl Fabric {
         self.executor.limits().max_frame_bytes.saturating_mul(2)
     }
 
+    /// Links a node accepts at most.
+    fn max_links(&self) -> usize {
+        self.config.max_mesh.saturating_mul(2)
+    }
+
     fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         match self.state.lock() {
             Ok(mut state) => f(&mut state),
@@ -163,7 +180,15 @@ impl Fabric {
                 return;
             }
             let now = Instant::now();
-            let state::Maintenance { dials, dead, probes } = self.with_state(|s| s.plan_maintenance(now, &self.config));
+            let state::Maintenance {
+                dials,
+                dead,
+                probes,
+                publish,
+            } = self.with_state(|s| s.plan_maintenance(now, &self.config));
+            if let Some(record) = publish {
+                self.broadcast(record);
+            }
             for node in probes {
                 tracing::debug!(peer = %node, "peer suspected; asking the others whether they still hear it");
                 self.broadcast(PeerMessage::Probe { node });
@@ -177,10 +202,8 @@ impl Fabric {
             }
             if now.duration_since(last_digest) >= self.config.timing.anti_entropy {
                 last_digest = now;
-                let version = self.with_state(|s| s.local_version());
-                self.broadcast(PeerMessage::Digest {
-                    versions: vec![(self.config.node_id.clone(), version)],
-                });
+                let summary = self.with_state(|s| s.summary());
+                self.broadcast(PeerMessage::Digest { summary });
             }
         }
     }
@@ -202,7 +225,7 @@ impl Fabric {
                     digest: c.plugin.digest().to_string(),
                 })
                 .collect();
-            let message = self.with_state(|s| s.set_local_catalog(entries, &self.config.node_id));
+            let message = self.with_state(|s| s.set_local_catalog(entries));
             if let Some(message) = message {
                 self.broadcast(message);
             }
@@ -224,8 +247,19 @@ impl Fabric {
         }
     }
 
-    /// Runs a call that came from a peer, on this node only; returns the reply.
+    /// Runs a call that came from a peer, on this node or (when it is for another node) on the
+    /// next hop towards it; returns the reply.
     async fn serve_call(self: Arc<Self>, request: CallRequest) -> PeerMessage {
+        let id = request.id;
+        let outcome = if request.target == self.config.node_id {
+            self.run_here(request).await
+        } else {
+            self.forward(request).await
+        };
+        PeerMessage::Reply { id, outcome }
+    }
+
+    async fn run_here(&self, request: CallRequest) -> Result<Value, WireError> {
         let limits = self.executor.limits();
         let budget = Duration::from_millis(request.deadline_ms).min(limits.call_deadline);
         let context = CallContext {
@@ -239,17 +273,81 @@ impl Fabric {
             function_id: request.function_id,
             version_constraint: request.version_constraint,
         };
-        let outcome = self
-            .executor
+        self.executor
             .dispatch_local(&request.fun, request.args, request.kwargs, &selector, context)
             .await
-            .map_err(|e| WireError {
-                kind: e.kind().to_string(),
-                message: e.to_string(),
-            });
-        PeerMessage::Reply {
-            id: request.id,
-            outcome,
+            .map_err(to_wire)
+    }
+
+    /// Passes a call on towards its target, and its reply back.
+    async fn forward(&self, mut request: CallRequest) -> Result<Value, WireError> {
+        let me = &self.config.node_id;
+        let (fun, target) = (request.fun.clone(), request.target.clone());
+        let unreachable = |why: String| WireError {
+            kind: UNREACHABLE.into(),
+            message: format!("{fun}: node `{target}` cannot be reached from `{me}`: {why}"),
+        };
+        if request.path.contains(me) {
+            return Err(unreachable("the call came back to a node it passed (a loop)".into()));
+        }
+        if request.hops == 0 {
+            return Err(unreachable(format!("the hop budget of {MAX_HOPS} is spent")));
+        }
+        let budget = Duration::from_millis(request.deadline_ms).min(self.executor.limits().call_deadline);
+        let deadline = Instant::now() + budget;
+        let Some(route) = self.with_state(|s| s.next_hop(&request.target, &request.path)) else {
+            return Err(unreachable("no route".into()));
+        };
+        request.path.push(me.clone());
+        request.hops -= 1;
+        match self.exchange(&route, request, deadline).await {
+            Exchange::Answered(outcome) => outcome,
+            Exchange::NotSent => Err(unreachable(format!("the link to `{}` closed", route.via))),
+            other => Err(to_wire(other.into_error(&fun, &route, budget))),
+        }
+    }
+
+    /// Sends a call on `route` and waits for its reply until `deadline`.
+    async fn exchange(&self, route: &Route, mut request: CallRequest, deadline: Instant) -> Exchange {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        request.id = id;
+        request.deadline_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+        let (reply, answer) = oneshot::channel();
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(
+                id,
+                Pending {
+                    link: route.link,
+                    reply,
+                },
+            );
+        }
+        route.stats.inflight.fetch_add(1, Ordering::Relaxed);
+        route.inflight.fetch_add(1, Ordering::Relaxed);
+        let _guards = (Inflight(&route.stats.inflight), Inflight(&route.inflight));
+        let forget = || {
+            if let Ok(mut pending) = self.pending.lock() {
+                pending.remove(&id);
+            }
+        };
+        match tokio::time::timeout_at(deadline, route.tx.send(PeerMessage::Call(request))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                forget();
+                return Exchange::NotSent;
+            }
+            Err(_) => {
+                forget();
+                return Exchange::Full;
+            }
+        }
+        match tokio::time::timeout_at(deadline + Duration::from_millis(50), answer).await {
+            Ok(Ok(outcome)) => Exchange::Answered(outcome),
+            Ok(Err(_)) => Exchange::Lost,
+            Err(_) => {
+                forget();
+                Exchange::TimedOut
+            }
         }
     }
 
@@ -286,69 +384,85 @@ impl Fabric {
         } = call;
         let mut tried = Vec::new();
         loop {
-            let Some((node, link, tx, stats)) = self.with_state(|s| s.choose(&fun, &selector, &tried)) else {
+            let Some(route) = self.with_state(|s| s.choose(&fun, &selector, &tried)) else {
                 return Err(not_found(&fun, &selector, !tried.is_empty()));
             };
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let (reply, answer) = oneshot::channel();
-            if let Ok(mut pending) = self.pending.lock() {
-                pending.insert(id, Pending { link, reply });
-            }
-            let remaining = context.deadline.saturating_duration_since(Instant::now());
             let request = CallRequest {
-                id,
+                id: 0,
                 fun: fun.clone(),
                 args: args.clone(),
                 kwargs: kwargs.clone(),
                 locs: selector.locs.clone(),
                 function_id: selector.function_id.clone(),
                 version_constraint: selector.version_constraint.clone(),
-                deadline_ms: remaining.as_millis() as u64,
+                deadline_ms: 0,
                 depth: context.depth,
+                target: route.target.clone(),
+                path: vec![self.config.node_id.clone()],
+                hops: MAX_HOPS,
             };
-            stats.inflight.fetch_add(1, Ordering::Relaxed);
-            let _guard = Inflight(&stats.inflight);
-            let forget = || {
-                if let Ok(mut pending) = self.pending.lock() {
-                    pending.remove(&id);
+            match self.exchange(&route, request, context.deadline).await {
+                Exchange::Answered(Ok(value)) => return Ok(value),
+                // The replica no longer serves it (withdrawn meanwhile), or no path reached it:
+                // it did not run; try another.
+                Exchange::Answered(Err(error)) if error.kind == "not-found" || error.kind == UNREACHABLE => {
+                    tried.push(route.target);
                 }
-            };
-            match tokio::time::timeout_at(context.deadline, tx.send(PeerMessage::Call(request))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => {
-                    // Never sent: it cannot have run; try another replica.
-                    forget();
-                    tried.push(node);
-                    continue;
-                }
-                Err(_) => {
-                    forget();
-                    return Err(CommandError::Timeout(format!(
-                        "{fun}: the link to node `{node}` stayed full until the deadline of {} ms",
-                        context.budget.as_millis()
-                    )));
-                }
+                Exchange::Answered(Err(error)) => return Err(from_wire(error)),
+                // Never sent: it cannot have run; try another replica.
+                Exchange::NotSent => tried.push(route.target),
+                other => return Err(other.into_error(&fun, &route, context.budget)),
             }
-            return match tokio::time::timeout_at(context.deadline + Duration::from_millis(50), answer).await {
-                Ok(Ok(Ok(value))) => Ok(value),
-                // The replica no longer serves it (withdrawn meanwhile): it did not run; try another.
-                Ok(Ok(Err(error))) if error.kind == "not-found" && !tried.contains(&node) => {
-                    tried.push(node);
-                    continue;
-                }
-                Ok(Ok(Err(error))) => Err(from_wire(error)),
-                Ok(Err(_)) => Err(CommandError::Failed(format!(
-                    "{fun}: node `{node}` went away before answering; the command may have run"
-                ))),
-                Err(_) => {
-                    forget();
-                    Err(CommandError::Timeout(format!(
-                        "{fun}: node `{node}` did not answer within the deadline of {} ms",
-                        context.budget.as_millis()
-                    )))
-                }
-            };
         }
+    }
+}
+
+/// The error kind of a call that found no path to its target (it did not run).
+const UNREACHABLE: &str = "unreachable";
+
+/// How a call sent on a link ended.
+enum Exchange {
+    Answered(Result<Value, WireError>),
+    /// The link closed before the call was sent: it cannot have run.
+    NotSent,
+    /// The link stayed full until the deadline.
+    Full,
+    /// The link closed after the call was sent: it may have run.
+    Lost,
+    TimedOut,
+}
+
+impl Exchange {
+    fn into_error(self, fun: &str, route: &Route, budget: Duration) -> CommandError {
+        let (target, via) = (&route.target, &route.via);
+        let through = if target == via {
+            String::new()
+        } else {
+            format!(" (through `{via}`)")
+        };
+        match self {
+            Exchange::Answered(Ok(_)) => CommandError::Failed(format!("{fun}: an answer was taken for an error")),
+            Exchange::Answered(Err(error)) => from_wire(error),
+            Exchange::NotSent => CommandError::Failed(format!("{fun}: the link to node `{via}` closed")),
+            Exchange::Full => CommandError::Timeout(format!(
+                "{fun}: the link to node `{via}` stayed full until the deadline of {} ms",
+                budget.as_millis()
+            )),
+            Exchange::Lost => CommandError::Failed(format!(
+                "{fun}: node `{target}`{through} went away before answering; the command may have run"
+            )),
+            Exchange::TimedOut => CommandError::Timeout(format!(
+                "{fun}: node `{target}`{through} did not answer within the deadline of {} ms",
+                budget.as_millis()
+            )),
+        }
+    }
+}
+
+fn to_wire(error: CommandError) -> WireError {
+    WireError {
+        kind: error.kind().to_string(),
+        message: error.to_string(),
     }
 }
 
@@ -400,7 +514,7 @@ impl Remote for Fabric {
     }
 
     fn catalog(&self) -> Value {
-        self.with_state(|s| s.catalog_report(&self.config.node_id))
+        self.with_state(|s| s.catalog_report())
     }
 
     fn fault(&self, action: &str, nodes: Vec<String>) -> Result<Value, CommandError> {

@@ -1,5 +1,5 @@
-//! What a node knows of the fabric: members, their catalogs, its links, and how it picks the
-//! replica a call goes to.
+//! What a node knows of the fabric: members, their signed records (catalog, links), its own
+//! links, and how it picks the replica a call goes to and the link it goes through.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::wire::{CatalogEntry, MemberInfo, PeerMessage};
+use super::identity::NodeKey;
+use super::route;
+use super::wire::{CatalogEntry, NodeRecord, PeerMessage, RecordBody};
 use super::FabricConfig;
 use crate::plugins::Selector;
 
@@ -64,6 +66,8 @@ pub struct Maintenance {
     pub dead: Vec<(String, u64)>,
     /// Suspects to ask the other peers about.
     pub probes: Vec<String>,
+    /// This node's record, re-signed because its links changed.
+    pub publish: Option<PeerMessage>,
 }
 
 /// The round-trip time assumed for a link before its first pong (1 ms).
@@ -87,18 +91,80 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// A node that left is not dialed again before this.
 const REDIAL_AFTER_LEAVE: Duration = Duration::from_secs(2);
 
+/// Links a node keeps when the fabric is larger than `max_mesh` (a partial view): its two
+/// neighbours on a ring of all members (which keeps the overlay connected) and random others
+/// (which keep paths short).
+const PARTIAL_VIEW: usize = 8;
+
+/// A change of links is announced (in a re-signed record) at most this often.
+const LINKS_ANNOUNCE: Duration = Duration::from_millis(300);
+
+/// The route to a node: the node that runs the call and the link it leaves on.
+pub struct Route {
+    pub target: String,
+    pub via: String,
+    pub link: u64,
+    pub tx: mpsc::Sender<PeerMessage>,
+    pub stats: Arc<LinkStats>,
+    /// Calls in flight to the target node.
+    pub inflight: Arc<AtomicUsize>,
+}
+
+/// What to do with a rumour of a node's death.
+pub enum Rumour {
+    /// Believed: relay it.
+    Believed,
+    /// This node is linked to the subject: pass it on to the subject, which refutes it.
+    Subject(mpsc::Sender<PeerMessage>),
+    Ignored,
+}
+
+/// What a `Versions` message showed.
+#[derive(Default)]
+pub struct Comparison {
+    /// Records the peer holds newer.
+    pub want: Vec<String>,
+    /// Records the peer lacks or holds older.
+    pub push: Vec<NodeRecord>,
+    /// The peer holds this node dead: refute it.
+    pub refute: Option<u64>,
+    /// Deaths learned from the peer.
+    pub rumours: Vec<(String, u64, Rumour)>,
+}
+
+/// Whether a record was taken.
+pub enum Accepted {
+    New,
+    /// Already held (or older, or of a node held dead at that incarnation).
+    Stale,
+    Refused(&'static str),
+}
+
 pub struct State {
     me: String,
     my_url: String,
+    key: NodeKey,
     pub incarnation: u64,
     local_version: u64,
     local_entries: Vec<CatalogEntry>,
+    own: Option<NodeRecord>,
     announced: bool,
+    /// Links changed since this node's record was last signed.
+    links_changed: bool,
+    links_announced: Instant,
     /// Nodes this node refuses to talk to (fault injection in tests).
     pub blocked: HashSet<String>,
     links: HashMap<String, LinkHandle>,
     members: HashMap<String, Member>,
-    catalogs: HashMap<String, (u64, Vec<CatalogEntry>)>,
+    records: HashMap<String, NodeRecord>,
+    /// Each node's public key: proven in a handshake, or taken from its first record.
+    keys: HashMap<String, [u8; 32]>,
+    /// Calls in flight to each node (through any link).
+    inflight: HashMap<String, Arc<AtomicUsize>>,
+    /// The peer each node's record came through last (a route to it until its links are known).
+    learned_from: HashMap<String, String>,
+    /// First hops to every reachable node; recomputed after any change of records or links.
+    routes: Option<HashMap<String, (String, u32)>>,
     /// URLs being dialed now.
     pub dialing: HashSet<String>,
     backoff: HashMap<String, Backoff>,
@@ -109,7 +175,7 @@ pub struct State {
 
 impl State {
     pub fn new(config: &FabricConfig) -> Self {
-        // A restarted node outranks rumours about its previous life, and its catalog versions
+        // A restarted node outranks rumours about its previous life, and its record versions
         // outrank the ones peers still hold from that life: both start at the start time.
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -117,13 +183,21 @@ impl State {
         State {
             me: config.node_id.clone(),
             my_url: config.advertise_url.clone(),
+            key: config.key.clone(),
             incarnation: started,
             local_version: started,
-            announced: false,
             local_entries: Vec::new(),
+            own: None,
+            announced: false,
+            links_changed: false,
+            links_announced: Instant::now(),
             links: HashMap::new(),
             members: HashMap::new(),
-            catalogs: HashMap::new(),
+            records: HashMap::new(),
+            keys: HashMap::new(),
+            learned_from: HashMap::new(),
+            inflight: HashMap::new(),
+            routes: None,
             dialing: HashSet::new(),
             backoff: HashMap::new(),
             seeds: config.seeds.clone(),
@@ -135,57 +209,70 @@ impl State {
         }
     }
 
-    pub fn local_version(&self) -> u64 {
-        self.local_version
-    }
-
-    /// Replaces this node's own catalog; returns the message announcing it when it changed.
-    pub fn set_local_catalog(&mut self, entries: Vec<CatalogEntry>, me: &str) -> Option<PeerMessage> {
+    /// Replaces this node's own catalog; returns the record announcing it when it changed.
+    pub fn set_local_catalog(&mut self, entries: Vec<CatalogEntry>) -> Option<PeerMessage> {
         if entries == self.local_entries && self.announced {
             return None;
         }
         self.announced = true;
         self.local_entries = entries;
-        self.local_version += 1;
-        Some(self.local_catalog_message(me))
+        Some(self.republish())
     }
 
-    pub fn local_catalog_message(&self, me: &str) -> PeerMessage {
-        PeerMessage::Catalog {
-            node: me.to_string(),
-            version: self.local_version,
-            entries: self.local_entries.clone(),
+    /// Signs this node's record anew (a higher version) and returns it.
+    pub fn republish(&mut self) -> PeerMessage {
+        self.local_version += 1;
+        self.own = None;
+        self.links_changed = false;
+        self.links_announced = Instant::now();
+        self.own_record_message()
+    }
+
+    /// Raises the incarnation above a rumour of this node's death and republishes.
+    pub fn refute(&mut self, rumoured: u64) -> PeerMessage {
+        self.incarnation = self.incarnation.max(rumoured).saturating_add(1);
+        self.republish()
+    }
+
+    /// This node's current record.
+    pub fn own_record_message(&mut self) -> PeerMessage {
+        if self.own.is_none() {
+            let mut neighbours: Vec<String> = self.links.keys().cloned().collect();
+            neighbours.sort();
+            let body = RecordBody {
+                node: self.me.clone(),
+                key: self.key.public(),
+                url: self.my_url.clone(),
+                incarnation: self.incarnation,
+                version: self.local_version,
+                entries: self.local_entries.clone(),
+                neighbours,
+            };
+            match NodeRecord::signed(body, &self.key) {
+                Ok(record) => self.own = Some(record),
+                Err(e) => tracing::warn!(error = %e, "cannot sign this node's record"),
+            }
+        }
+        match &self.own {
+            Some(record) => PeerMessage::Record(record.clone()),
+            None => PeerMessage::Versions {
+                alive: Vec::new(),
+                dead: Vec::new(),
+            },
         }
     }
 
-    /// Every member this node knows alive, itself included.
-    pub fn members_message(&self) -> PeerMessage {
-        let mut members: Vec<MemberInfo> = self
-            .members
-            .iter()
-            .filter(|(_, m)| matches!(m.status, Status::Alive))
-            .map(|(node, m)| MemberInfo {
-                node: node.clone(),
-                url: m.url.clone(),
-                incarnation: m.incarnation,
-            })
-            .collect();
-        members.push(MemberInfo {
-            node: self.me.clone(),
-            url: self.my_url.clone(),
-            incarnation: self.incarnation,
-        });
-        PeerMessage::Members { members }
-    }
-
-    /// Registers a new authenticated link (`dialer`: the node that dialed it). `None` when the
-    /// node is cut off, or already linked by the connection both sides keep.
+    /// Registers a new authenticated link (`dialer`: the node that dialed it; `key`: the key
+    /// it proved). `None` when the node is cut off, already linked by the connection both
+    /// sides keep, or this node has all the links it may have.
     pub fn add_link(
         &mut self,
         node: &str,
         url: &str,
+        key: [u8; 32],
         dialer: &str,
         tx: mpsc::Sender<PeerMessage>,
+        max_links: usize,
     ) -> Option<(u64, Arc<LinkStats>, Arc<tokio::sync::Notify>)> {
         if self.blocked.contains(node) {
             return None;
@@ -202,6 +289,8 @@ impl State {
             // The new connection is the one both sides keep: close the other.
             existing.close.notify_one();
             self.links.remove(node);
+        } else if self.links.len() >= max_links {
+            return None;
         }
         let id = self.next_link;
         self.next_link += 1;
@@ -218,9 +307,10 @@ impl State {
             },
         );
         self.backoff.remove(url);
-        // What the node serves now comes from this link; whatever was held from an earlier link
-        // (or an earlier life of the node) is replaced by the catalog it sends first.
-        self.catalogs.remove(node);
+        // The key the node proved is its key: a record held under another one is dropped.
+        if self.keys.insert(node.to_string(), key).is_some_and(|old| old != key) {
+            self.records.remove(node);
+        }
         let member = self.members.entry(node.to_string()).or_insert_with(|| Member {
             url: url.to_string(),
             incarnation: 0,
@@ -232,6 +322,7 @@ impl State {
         member.status = Status::Alive;
         member.since = Instant::now();
         member.probed = None;
+        self.topology_changed();
         Some((id, stats, close))
     }
 
@@ -246,7 +337,13 @@ impl State {
                     member.probed = None;
                 }
             }
+            self.topology_changed();
         }
+    }
+
+    fn topology_changed(&mut self) {
+        self.links_changed = true;
+        self.routes = None;
     }
 
     pub fn link_senders(&self) -> Vec<(String, mpsc::Sender<PeerMessage>)> {
@@ -256,84 +353,210 @@ impl State {
             .collect()
     }
 
-    /// Learns members from gossip; a higher incarnation revives a dead or departed member.
-    pub fn learn_members(&mut self, members: Vec<MemberInfo>) {
-        for info in members {
-            if info.node == self.me {
+    /// Takes `record` (from the link of `from`) when it is newer than the one held and signed
+    /// by its node's key.
+    pub fn accept_record(&mut self, record: &NodeRecord, from: &str) -> Accepted {
+        let body = &record.body;
+        if body.node == self.me {
+            return Accepted::Stale;
+        }
+        if self
+            .records
+            .get(&body.node)
+            .is_some_and(|held| held.body.version >= body.version)
+        {
+            return Accepted::Stale;
+        }
+        let linked = self.links.contains_key(&body.node);
+        if let Some(member) = self.members.get(&body.node) {
+            if !linked && matches!(member.status, Status::Dead | Status::Left) && body.incarnation <= member.incarnation
+            {
+                return Accepted::Stale;
+            }
+        }
+        if self.keys.get(&body.node).is_some_and(|key| *key != body.key) {
+            return Accepted::Refused("signed with another key than the node's");
+        }
+        if !record.verify() {
+            return Accepted::Refused("its signature does not verify");
+        }
+        self.keys.insert(body.node.clone(), body.key);
+        let member = self.members.entry(body.node.clone()).or_insert_with(|| Member {
+            url: body.url.clone(),
+            incarnation: body.incarnation,
+            status: Status::Alive,
+            since: Instant::now(),
+            probed: None,
+        });
+        member.url = body.url.clone();
+        if matches!(member.status, Status::Dead | Status::Left) {
+            // Revived by its own record at a higher incarnation (or by a link to it).
+            member.status = Status::Alive;
+            member.since = Instant::now();
+            member.probed = None;
+        }
+        member.incarnation = member.incarnation.max(body.incarnation);
+        self.records.insert(body.node.clone(), record.clone());
+        self.learned_from.insert(body.node.clone(), from.to_string());
+        self.routes = None;
+        Accepted::New
+    }
+
+    /// Links a new record of `owner` (received from `from`) is relayed on: every link but the
+    /// sender's and the owner's, and but those of nodes that declare a link to the owner (the
+    /// owner sends it to them itself).
+    pub fn relay_targets(&self, owner: &str, from: &str) -> Vec<(String, mpsc::Sender<PeerMessage>)> {
+        self.links
+            .iter()
+            .filter(|(node, _)| node.as_str() != from && node.as_str() != owner)
+            .filter(|(node, _)| {
+                !self
+                    .records
+                    .get(*node)
+                    .is_some_and(|r| r.body.neighbours.iter().any(|n| n == owner))
+            })
+            .map(|(node, l)| (node.clone(), l.tx.clone()))
+            .collect()
+    }
+
+    /// The records held for `nodes` (this node's own included).
+    pub fn records_of(&mut self, nodes: &[String]) -> Vec<PeerMessage> {
+        let mut out = Vec::new();
+        for node in nodes {
+            if *node == self.me {
+                out.push(self.own_record_message());
+            } else if let Some(record) = self.records.get(node) {
+                out.push(PeerMessage::Record(record.clone()));
+            }
+        }
+        out
+    }
+
+    fn alive_versions(&self) -> Vec<(String, u64)> {
+        let mut alive: Vec<(String, u64)> = self
+            .records
+            .iter()
+            .map(|(node, r)| (node.clone(), r.body.version))
+            .collect();
+        alive.push((self.me.clone(), self.local_version));
+        alive.sort();
+        alive
+    }
+
+    /// A hash of the record versions held (FNV-1a): equal on two nodes that hold the same.
+    pub fn summary(&self) -> u64 {
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        for (node, version) in self.alive_versions() {
+            for byte in node.bytes().chain([0]).chain(version.to_le_bytes()) {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        hash
+    }
+
+    pub fn versions_message(&self) -> PeerMessage {
+        let dead = self
+            .members
+            .iter()
+            .filter(|(_, m)| matches!(m.status, Status::Dead | Status::Left))
+            .map(|(node, m)| (node.clone(), m.incarnation))
+            .collect();
+        PeerMessage::Versions {
+            alive: self.alive_versions(),
+            dead,
+        }
+    }
+
+    /// Compares the versions a peer holds with this node's.
+    pub fn compare(&mut self, alive: Vec<(String, u64)>, dead: Vec<(String, u64)>) -> Comparison {
+        let mut out = Comparison::default();
+        let theirs: HashMap<&str, u64> = alive.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+        let their_dead: HashMap<&str, u64> = dead.iter().map(|(n, i)| (n.as_str(), *i)).collect();
+        for (node, version) in &alive {
+            if *node == self.me {
                 continue;
             }
-            match self.members.get_mut(&info.node) {
-                Some(member) => {
-                    if info.incarnation > member.incarnation {
-                        member.incarnation = info.incarnation;
-                        member.url = info.url;
-                        if matches!(member.status, Status::Dead | Status::Left) {
-                            member.status = Status::Suspect;
-                            member.since = Instant::now();
-                            member.probed = None;
-                        }
-                    }
-                }
-                None => {
-                    self.members.insert(
-                        info.node,
-                        Member {
-                            url: info.url,
-                            incarnation: info.incarnation,
-                            status: Status::Suspect,
-                            since: Instant::now(),
-                            probed: None,
-                        },
-                    );
-                }
+            let held = self.records.get(node).map_or(0, |r| r.body.version);
+            let tombstoned = self
+                .members
+                .get(node)
+                .is_some_and(|m| matches!(m.status, Status::Dead | Status::Left));
+            if held < *version && !tombstoned {
+                out.want.push(node.clone());
             }
         }
-    }
-
-    /// Stores `node`'s catalog when it is newer than the one held.
-    pub fn learn_catalog(&mut self, node: &str, version: u64, entries: Vec<CatalogEntry>) -> bool {
-        match self.catalogs.get(node) {
-            Some((held, _)) if *held >= version => false,
-            _ => {
-                self.catalogs.insert(node.to_string(), (version, entries));
-                true
+        for (node, record) in &self.records {
+            let newer = theirs.get(node.as_str()).is_none_or(|v| *v < record.body.version);
+            let dead_there = their_dead
+                .get(node.as_str())
+                .is_some_and(|i| *i >= record.body.incarnation);
+            if newer && !dead_there {
+                out.push.push(record.clone());
             }
         }
-    }
-
-    pub fn catalog_version(&self, node: &str) -> u64 {
-        self.catalogs.get(node).map_or(0, |(v, _)| *v)
-    }
-
-    /// `node` left: forget its catalog at once. It is dialed again only after a pause, in
-    /// case it comes back (a restart keeps its id).
-    pub fn node_left(&mut self, node: &str) {
-        self.catalogs.remove(node);
-        if let Some(member) = self.members.get_mut(node) {
-            member.status = Status::Left;
-            member.since = Instant::now();
-            self.backoff.insert(
-                member.url.clone(),
-                Backoff {
-                    failures: 4,
-                    next: Instant::now() + REDIAL_AFTER_LEAVE,
-                },
-            );
+        if let Some(incarnation) = their_dead.get(self.me.as_str()) {
+            if *incarnation >= self.incarnation {
+                out.refute = Some(*incarnation);
+            }
+        } else if theirs.get(self.me.as_str()).is_none_or(|v| *v < self.local_version) {
+            if let PeerMessage::Record(record) = self.own_record_message() {
+                out.push.push(record);
+            }
         }
+        for (node, incarnation) in dead {
+            if node != self.me && self.records.contains_key(&node) {
+                let rumour = self.rumour_dead(&node, incarnation);
+                out.rumours.push((node, incarnation, rumour));
+            }
+        }
+        out
+    }
+
+    /// `node` left: forget its record at once (news: `true`). It is dialed again only after a
+    /// pause, in case it comes back (a restart keeps its id).
+    pub fn node_left(&mut self, node: &str) -> bool {
+        self.records.remove(node);
+        self.learned_from.remove(node);
+        self.keys.remove(node);
+        self.routes = None;
+        let Some(member) = self.members.get_mut(node) else {
+            return false;
+        };
+        if member.status == Status::Left {
+            return false;
+        }
+        member.status = Status::Left;
+        member.since = Instant::now();
+        self.backoff.insert(
+            member.url.clone(),
+            Backoff {
+                failures: 4,
+                next: Instant::now() + REDIAL_AFTER_LEAVE,
+            },
+        );
+        true
     }
 
     /// A peer reports `node` dead. Believed unless this node hears from it itself.
-    pub fn rumour_dead(&mut self, node: &str, incarnation: u64) {
-        if self.links.contains_key(node) {
-            return;
+    pub fn rumour_dead(&mut self, node: &str, incarnation: u64) -> Rumour {
+        if let Some(link) = self.links.get(node) {
+            return Rumour::Subject(link.tx.clone());
         }
-        if let Some(member) = self.members.get_mut(node) {
-            if member.incarnation <= incarnation && member.status != Status::Left {
-                member.status = Status::Dead;
-                member.since = Instant::now();
-                self.catalogs.remove(node);
-            }
+        let Some(member) = self.members.get_mut(node) else {
+            return Rumour::Ignored;
+        };
+        if member.incarnation > incarnation || matches!(member.status, Status::Dead | Status::Left) {
+            return Rumour::Ignored;
         }
+        member.status = Status::Dead;
+        member.since = Instant::now();
+        member.incarnation = incarnation;
+        self.records.remove(node);
+        self.learned_from.remove(node);
+        self.keys.remove(node);
+        self.routes = None;
+        Rumour::Believed
     }
 
     /// Another peer still hears `node`: it stays a suspect (and is dialed) instead of dying.
@@ -351,12 +574,17 @@ impl State {
         self.links.contains_key(node)
     }
 
+    fn is_live(status: Status) -> bool {
+        matches!(status, Status::Alive | Status::Suspect)
+    }
+
     /// What the maintenance tick should do. A suspect unreachable for `suspect_timeout` is
     /// probed through the other peers; if none of them vouches for it within the probe window,
     /// it is declared dead.
     pub fn plan_maintenance(&mut self, now: Instant, config: &FabricConfig) -> Maintenance {
         let mut plan = Maintenance::default();
         let can_probe = !self.links.is_empty();
+        let mut died = Vec::new();
         for (node, member) in self.members.iter_mut() {
             if member.status != Status::Suspect
                 || self.links.contains_key(node)
@@ -374,34 +602,28 @@ impl State {
                     member.status = Status::Dead;
                     member.since = now;
                     member.probed = None;
-                    self.catalogs.remove(node);
+                    died.push(node.clone());
                     plan.dead.push((node.clone(), member.incarnation));
                 }
             }
+        }
+        for node in died {
+            self.records.remove(&node);
+            self.learned_from.remove(&node);
+            self.keys.remove(&node);
+            self.routes = None;
         }
         // Dead members are forgotten after a while; until then they are still dialed (with
         // backoff), which is how the two sides of a healed partition find each other again.
         self.members.retain(|_, m| {
             !(matches!(m.status, Status::Dead | Status::Left) && now.duration_since(m.since) > FORGET_DEAD)
         });
-        let mut wanted: Vec<String> = Vec::new();
-        if self.links.len() < config.max_mesh {
-            for (node, member) in &self.members {
-                // Every remembered member is dialed while unlinked; backoff keeps it cheap.
-                if !self.links.contains_key(node) && !self.blocked.contains(node) {
-                    wanted.push(member.url.clone());
-                }
-            }
-            // Seeds are kept dialed (with backoff) until linked, so a node whose peers all
-            // forgot it, or a fabric split for longer than members are remembered, rejoins.
-            let linked_urls: HashSet<&str> = self
-                .links
-                .keys()
-                .filter_map(|n| self.members.get(n))
-                .map(|m| m.url.as_str())
-                .collect();
-            wanted.extend(self.seeds.iter().filter(|s| !linked_urls.contains(s.as_str())).cloned());
-        }
+        let live = self.members.values().filter(|m| Self::is_live(m.status)).count();
+        let wanted = if live < config.max_mesh {
+            self.full_mesh_wanted(config.max_mesh)
+        } else {
+            self.partial_view_wanted(config.max_mesh.min(PARTIAL_VIEW))
+        };
         for url in wanted {
             if url == self.my_url || self.dialing.contains(&url) || plan.dials.contains(&url) {
                 continue;
@@ -415,7 +637,100 @@ impl State {
             self.dialing.insert(url.clone());
             plan.dials.push(url);
         }
+        if self.links_changed && now.duration_since(self.links_announced) >= LINKS_ANNOUNCE {
+            plan.publish = Some(self.republish());
+        }
         plan
+    }
+
+    /// Full mesh: every remembered member unlinked, and the seeds.
+    fn full_mesh_wanted(&self, max_mesh: usize) -> Vec<String> {
+        let mut wanted = Vec::new();
+        if self.links.len() >= max_mesh {
+            return wanted;
+        }
+        for (node, member) in &self.members {
+            // Every remembered member is dialed while unlinked; backoff keeps it cheap.
+            if !self.links.contains_key(node) && !self.blocked.contains(node) {
+                wanted.push(member.url.clone());
+            }
+        }
+        wanted.extend(self.unlinked_seeds());
+        wanted
+    }
+
+    /// Seeds are kept dialed (with backoff) until linked, so a node whose peers all forgot it,
+    /// or a fabric split for longer than members are remembered, rejoins.
+    fn unlinked_seeds(&self) -> Vec<String> {
+        let linked_urls: HashSet<&str> = self
+            .links
+            .keys()
+            .filter_map(|n| self.members.get(n))
+            .map(|m| m.url.as_str())
+            .collect();
+        self.seeds
+            .iter()
+            .filter(|s| !linked_urls.contains(s.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// Partial view: the ring neighbours, suspects (to hear them again), random members up to
+    /// `view` links, one dead member (so split groups find each other), and the seeds while
+    /// below `view`.
+    fn partial_view_wanted(&mut self, view: usize) -> Vec<String> {
+        let mut wanted = Vec::new();
+        let mut ring: Vec<(u64, &str)> = self
+            .members
+            .iter()
+            .filter(|(node, m)| Self::is_live(m.status) && !self.blocked.contains(*node))
+            .map(|(node, _)| (ring_position(node), node.as_str()))
+            .collect();
+        let mine = ring_position(&self.me);
+        ring.push((mine, self.me.as_str()));
+        ring.sort();
+        if let Some(at) = ring.iter().position(|(p, n)| *p == mine && *n == self.me) {
+            let len = ring.len();
+            for neighbour in [ring[(at + 1) % len].1, ring[(at + len - 1) % len].1] {
+                if neighbour != self.me && !self.links.contains_key(neighbour) {
+                    if let Some(m) = self.members.get(neighbour) {
+                        wanted.push(m.url.clone());
+                    }
+                }
+            }
+        }
+        let mut others: Vec<(&String, &Member)> = self
+            .members
+            .iter()
+            .filter(|(node, _)| !self.links.contains_key(*node) && !self.blocked.contains(*node))
+            .collect();
+        others.sort_by(|a, b| a.0.cmp(b.0));
+        for (_, m) in others.iter().filter(|(_, m)| m.status == Status::Suspect) {
+            wanted.push(m.url.clone());
+        }
+        let alive: Vec<String> = others
+            .iter()
+            .filter(|(_, m)| m.status == Status::Alive)
+            .map(|(_, m)| m.url.clone())
+            .collect();
+        let dead: Vec<String> = others
+            .iter()
+            .filter(|(_, m)| m.status == Status::Dead)
+            .map(|(_, m)| m.url.clone())
+            .collect();
+        let missing = view.saturating_sub(self.links.len() + self.dialing.len() + wanted.len());
+        for _ in 0..missing.min(alive.len()) {
+            let pick = (self.random() % alive.len() as u64) as usize;
+            wanted.push(alive[pick].clone());
+        }
+        if !dead.is_empty() {
+            let pick = (self.random() % dead.len() as u64) as usize;
+            wanted.push(dead[pick].clone());
+        }
+        if self.links.len() < view {
+            wanted.extend(self.unlinked_seeds());
+        }
+        wanted
     }
 
     /// A dial of `url` failed: wait longer (exponential, with jitter) before the next.
@@ -438,56 +753,135 @@ impl State {
         if linked {
             self.dialing.remove(url);
         } else {
-            // Already linked through another connection: do not redial it at once.
+            // Already linked through another connection (or refused): do not redial it at once.
             self.dial_failed(url);
         }
     }
 
-    /// The replica for a call: among linked nodes whose catalog has a matching entry, the
-    /// better of two random picks by round-trip time × calls in flight.
-    pub fn choose(
-        &mut self,
-        fun: &str,
-        selector: &Selector,
-        exclude: &[String],
-    ) -> Option<(String, u64, mpsc::Sender<PeerMessage>, Arc<LinkStats>)> {
-        let candidates: Vec<String> = self
-            .catalogs
+    /// The replica for a call: among the reachable nodes whose record has a matching entry,
+    /// the better of two random picks by the estimated path time (round-trip time of the link
+    /// the call leaves on × hops) × (1 + calls in flight to the node).
+    pub fn choose(&mut self, fun: &str, selector: &Selector, exclude: &[String]) -> Option<Route> {
+        let wanted: Vec<String> = self
+            .records
             .iter()
-            .filter(|(node, _)| !exclude.contains(node) && self.links.contains_key(*node))
-            .filter(|(_, (_, entries))| entries.iter().any(|e| matches(e, fun, selector)))
+            .filter(|(node, _)| !exclude.contains(node))
+            .filter(|(_, r)| r.body.entries.iter().any(|e| matches(e, fun, selector)))
             .map(|(node, _)| node.clone())
             .collect();
+        if wanted.is_empty() {
+            return None;
+        }
+        let mut candidates: Vec<(String, String, u32)> = Vec::with_capacity(wanted.len());
+        for node in wanted {
+            if self.links.contains_key(&node) {
+                candidates.push((node.clone(), node, 1));
+            } else if let Some((via, hops)) = self.routes().get(&node).cloned() {
+                candidates.push((node, via, hops));
+            }
+        }
         let (r1, r2) = (self.random(), self.random());
         let picked = match candidates.len() {
             0 => return None,
-            1 => candidates[0].clone(),
+            1 => 0,
             n => {
                 let a = (r1 % n as u64) as usize;
                 let mut b = (r2 % (n as u64 - 1)) as usize;
                 if b >= a {
                     b += 1;
                 }
-                let score = |node: &String| {
-                    self.links.get(node).map_or(u64::MAX, |l| {
+                let score = |(node, via, hops): &(String, String, u32)| {
+                    self.links.get(via).map_or(u64::MAX, |l| {
                         // A link not measured yet counts as slow-ish, never as the fastest.
                         let rtt = match l.stats.rtt_us.load(Ordering::Relaxed) {
                             0 => UNMEASURED_RTT_US,
                             measured => measured,
                         };
-                        rtt.saturating_mul(1 + l.stats.inflight.load(Ordering::Relaxed) as u64)
+                        let inflight = self.inflight.get(node).map_or(0, |c| c.load(Ordering::Relaxed));
+                        rtt.saturating_mul(u64::from(*hops)).saturating_mul(1 + inflight as u64)
                     })
                 };
-                let (a, b) = (&candidates[a], &candidates[b]);
-                if score(a) <= score(b) {
-                    a.clone()
+                if score(&candidates[a]) <= score(&candidates[b]) {
+                    a
                 } else {
-                    b.clone()
+                    b
                 }
             }
         };
-        let link = self.links.get(&picked)?;
-        Some((picked, link.id, link.tx.clone(), link.stats.clone()))
+        let (target, via, _) = candidates.swap_remove(picked);
+        self.route(target, via)
+    }
+
+    fn route(&mut self, target: String, via: String) -> Option<Route> {
+        let link = self.links.get(&via)?;
+        let (link_id, tx, stats) = (link.id, link.tx.clone(), link.stats.clone());
+        let inflight = self.inflight.entry(target.clone()).or_default().clone();
+        Some(Route {
+            target,
+            via,
+            link: link_id,
+            tx,
+            stats,
+            inflight,
+        })
+    }
+
+    /// The link a call for `target` leaves on, avoiding the nodes it has passed through.
+    pub fn next_hop(&mut self, target: &str, path: &[String]) -> Option<Route> {
+        let via = if self.links.contains_key(target) {
+            Some((target.to_string(), 1))
+        } else if path.is_empty() {
+            self.routes().get(target).cloned()
+        } else {
+            let avoid: HashSet<&str> = path.iter().map(String::as_str).chain([self.me.as_str()]).collect();
+            self.compute_routes(&avoid).remove(target)
+        };
+        let (via, _) = via?;
+        self.route(target.to_string(), via)
+    }
+
+    fn routes(&mut self) -> &HashMap<String, (String, u32)> {
+        if self.routes.is_none() {
+            let avoid = HashSet::from([self.me.as_str()]);
+            self.routes = Some(self.compute_routes(&avoid));
+        }
+        self.routes.get_or_insert_with(HashMap::new)
+    }
+
+    fn compute_routes(&self, avoid: &HashSet<&str>) -> HashMap<String, (String, u32)> {
+        let links: Vec<&str> = self
+            .links
+            .keys()
+            .map(String::as_str)
+            .filter(|n| !avoid.contains(n))
+            .collect();
+        let neighbours: HashMap<&str, Vec<&str>> = self
+            .records
+            .iter()
+            .map(|(node, r)| {
+                let list = r
+                    .body
+                    .neighbours
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|n| *n != self.me && self.records.contains_key(*n))
+                    .collect();
+                (node.as_str(), list)
+            })
+            .collect();
+        let mut routes = route::first_hops(&links, &neighbours, avoid);
+        // A node whose links are not known yet is reached through the peer its record came from.
+        for (node, peer) in &self.learned_from {
+            if !routes.contains_key(node)
+                && !avoid.contains(node.as_str())
+                && !avoid.contains(peer.as_str())
+                && self.records.contains_key(node)
+                && self.links.contains_key(peer)
+            {
+                routes.insert(node.clone(), (peer.clone(), 2));
+            }
+        }
+        routes
     }
 
     fn random(&mut self) -> u64 {
@@ -498,7 +892,8 @@ impl State {
         self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    pub fn peers_report(&self, config: &FabricConfig) -> Value {
+    pub fn peers_report(&mut self, config: &FabricConfig) -> Value {
+        let routes = self.routes().clone();
         let mut peers: Vec<Value> = self
             .members
             .iter()
@@ -514,11 +909,13 @@ impl State {
                         Status::Left => "left",
                     },
                     "linked": link.is_some(),
+                    "via": routes.get(node).map(|(via, _)| via),
+                    "hops": routes.get(node).map(|(_, hops)| hops),
                     "rtt_us": link.map(|l| l.stats.rtt_us.load(Ordering::Relaxed)),
                     "inflight": link.map(|l| l.stats.inflight.load(Ordering::Relaxed)),
                     "bytes_out": link.map(|l| l.stats.bytes_out.load(Ordering::Relaxed)),
                     "bytes_in": link.map(|l| l.stats.bytes_in.load(Ordering::Relaxed)),
-                    "commands": self.catalogs.get(node).map_or(0, |(_, e)| e.len()),
+                    "commands": self.records.get(node).map_or(0, |r| r.body.entries.len()),
                 })
             })
             .collect();
@@ -526,13 +923,10 @@ impl State {
         json!({ "node": config.node_id, "cluster": config.cluster, "url": config.advertise_url, "peers": peers })
     }
 
-    pub fn catalog_report(&self, me: &str) -> Value {
+    pub fn catalog_report(&self) -> Value {
         let mut rows: Vec<Value> = Vec::new();
-        let own = std::iter::once((me, &self.local_entries));
-        let others = self
-            .catalogs
-            .iter()
-            .map(|(node, (_, entries))| (node.as_str(), entries));
+        let own = std::iter::once((self.me.as_str(), &self.local_entries));
+        let others = self.records.iter().map(|(node, r)| (node.as_str(), &r.body.entries));
         for (node, entries) in own.chain(others) {
             for e in entries {
                 rows.push(json!({ "command": e.command, "tags": e.tags, "version": e.version, "digest": e.digest, "node": node }));
@@ -543,6 +937,13 @@ impl State {
         });
         Value::Array(rows)
     }
+}
+
+/// Where a node sits on the ring of the partial view (FNV-1a of its id).
+fn ring_position(node: &str) -> u64 {
+    node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Whether catalog entry `e` can serve `fun` under `selector`.

@@ -4,11 +4,16 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::identity::{self, NodeKey};
+
 /// Version of the peer protocol; nodes of different versions refuse each other.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The WebSocket path of the peer protocol on a node's listener.
 pub const PEER_PATH: &str = "/fabric";
+
+/// Hops a call may travel to reach the node that runs it.
+pub const MAX_HOPS: u8 = 8;
 
 /// One peer frame.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,49 +24,52 @@ pub enum PeerMessage {
         cluster: String,
         node: String,
         url: String,
+        key: [u8; 32],
         nonce: [u8; 32],
     },
-    /// Listener → dialer: who I am, my proof over both nonces, and my nonce for yours.
+    /// Listener → dialer: who I am, my proof of the cluster secret and my signature over the
+    /// transcript, and my nonce for yours.
     Welcome {
         protocol: u32,
         cluster: String,
         node: String,
         url: String,
+        key: [u8; 32],
         nonce: [u8; 32],
         proof: [u8; 32],
+        signature: Vec<u8>,
     },
-    /// Dialer → listener: the dialer's proof.
+    /// Dialer → listener: the dialer's proof and signature.
     Proof {
         proof: [u8; 32],
+        signature: Vec<u8>,
     },
     /// Either side: the handshake failed, and why.
     Refused {
         reason: String,
     },
 
-    /// Members the sender knows, so that every node learns every other.
-    Members {
-        members: Vec<MemberInfo>,
-    },
-    /// A node's complete catalog at `version` (sent when it changes, and relayed).
-    Catalog {
-        node: String,
-        version: u64,
-        entries: Vec<CatalogEntry>,
-    },
-    /// Anti-entropy: the catalog versions the sender holds, per node.
+    /// A node's signed record (sent when it changes, and relayed).
+    Record(NodeRecord),
+    /// Anti-entropy: a hash of the record versions the sender holds.
     Digest {
-        versions: Vec<(String, u64)>,
+        summary: u64,
     },
-    /// The sender wants these nodes' catalogs.
+    /// The record versions the sender holds (alive), and the nodes it holds dead (with their
+    /// incarnation). Sent when a link comes up and when digests differ.
+    Versions {
+        alive: Vec<(String, u64)>,
+        dead: Vec<(String, u64)>,
+    },
+    /// The sender wants these nodes' records.
     Want {
         nodes: Vec<String>,
     },
-    /// The sender leaves the fabric now.
+    /// `node` leaves the fabric now (relayed).
     Leave {
         node: String,
     },
-    /// The sender believes `node` is dead.
+    /// The sender believes `node` is dead (relayed).
     Dead {
         node: String,
         incarnation: u64,
@@ -76,7 +84,7 @@ pub enum PeerMessage {
         alive: bool,
     },
 
-    /// Run a command on the receiver.
+    /// Run a command on `target` (the receiver, or a node it forwards to).
     Call(CallRequest),
     /// The outcome of a `Call`.
     Reply {
@@ -93,13 +101,45 @@ pub enum PeerMessage {
     },
 }
 
-/// A member as gossiped.
+/// What a node says of itself: where it is, what it serves, whom it links to. Signed by the
+/// node's key, so any node may relay it and none can forge it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct MemberInfo {
+pub struct RecordBody {
     pub node: String,
+    pub key: [u8; 32],
     pub url: String,
     /// Raised by a node to refute rumours of its death.
     pub incarnation: u64,
+    /// Raised at every change of the record.
+    pub version: u64,
+    pub entries: Vec<CatalogEntry>,
+    /// The nodes it links to directly (for routing through nodes that are not linked).
+    pub neighbours: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub body: RecordBody,
+    pub signature: Vec<u8>,
+}
+
+impl NodeRecord {
+    /// Signs `body` with the node's key.
+    pub fn signed(body: RecordBody, key: &NodeKey) -> Result<Self, rmp_serde::encode::Error> {
+        let signature = key.sign(&signed_bytes(&body)?);
+        Ok(NodeRecord { body, signature })
+    }
+
+    /// Whether the record is signed by the key it names.
+    pub fn verify(&self) -> bool {
+        signed_bytes(&self.body).is_ok_and(|bytes| identity::verify(&self.body.key, &bytes, &self.signature))
+    }
+}
+
+fn signed_bytes(body: &RecordBody) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    let mut bytes = b"weft-record\0".to_vec();
+    bytes.extend(rmp_serde::to_vec(body)?);
+    Ok(bytes)
 }
 
 /// One command a node serves.
@@ -125,6 +165,12 @@ pub struct CallRequest {
     pub deadline_ms: u64,
     /// `host.call` depth at the caller.
     pub depth: u32,
+    /// The node chosen to run it.
+    pub target: String,
+    /// The nodes the call passed through, the caller first (loop prevention).
+    pub path: Vec<String>,
+    /// Hops it may still travel.
+    pub hops: u8,
 }
 
 /// A command error crossing the wire.
@@ -142,4 +188,49 @@ pub fn encode(message: &PeerMessage) -> Result<Vec<u8>, rmp_serde::encode::Error
 /// Decodes a frame.
 pub fn decode(frame: &[u8]) -> Result<PeerMessage, rmp_serde::decode::Error> {
     rmp_serde::from_slice(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(node: &str, key: &NodeKey) -> RecordBody {
+        RecordBody {
+            node: node.into(),
+            key: key.public(),
+            url: "ws://127.0.0.1:1".into(),
+            incarnation: 1,
+            version: 7,
+            entries: vec![CatalogEntry {
+                command: "math.add".into(),
+                tags: vec!["cpu".into()],
+                version: "1.0.0".into(),
+                digest: "ab".into(),
+            }],
+            neighbours: vec!["b".into()],
+        }
+    }
+
+    #[test]
+    fn a_record_verifies_only_as_signed() {
+        let key = NodeKey::generate();
+        let record = NodeRecord::signed(body("a", &key), &key).unwrap();
+        assert!(record.verify());
+        let decoded = match decode(&encode(&PeerMessage::Record(record.clone())).unwrap()).unwrap() {
+            PeerMessage::Record(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert!(decoded.verify());
+
+        let mut tampered = record.clone();
+        tampered.body.entries[0].command = "math.sub".into();
+        assert!(!tampered.verify());
+
+        // Another key cannot sign for `a` under a's key, and signing with its own key names it.
+        let mallory = NodeKey::generate();
+        let mut forged = NodeRecord::signed(body("a", &key), &mallory).unwrap();
+        assert!(!forged.verify());
+        forged.body.key = mallory.public();
+        assert!(!forged.verify(), "the signature covers the key too");
+    }
 }

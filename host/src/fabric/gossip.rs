@@ -1,0 +1,134 @@
+//! Gossip on a link: records checked and relayed, anti-entropy, departures, deaths and the
+//! probes that confirm them.
+
+use tokio::sync::mpsc;
+
+use super::state::{Accepted, Rumour};
+use super::wire::{NodeRecord, PeerMessage};
+use super::Fabric;
+
+/// What the link does after a gossip message.
+pub enum Flow {
+    Continue,
+    /// The peer announced its departure: close the link.
+    Left,
+}
+
+impl Fabric {
+    /// Handles a gossip message from `peer` (whose link queue is `tx`).
+    pub(super) fn on_gossip(&self, peer: &str, tx: &mpsc::Sender<PeerMessage>, message: PeerMessage) -> Flow {
+        match message {
+            PeerMessage::Record(record) => self.on_record(peer, record),
+            PeerMessage::Digest { summary } => {
+                let differs = self.with_state(|s| (s.summary() != summary).then(|| s.versions_message()));
+                if let Some(versions) = differs {
+                    let _ = tx.try_send(versions);
+                }
+            }
+            PeerMessage::Versions { alive, dead } => {
+                let comparison = self.with_state(|s| s.compare(alive, dead));
+                if !comparison.want.is_empty() {
+                    let _ = tx.try_send(PeerMessage::Want { nodes: comparison.want });
+                }
+                for record in comparison.push {
+                    let _ = tx.try_send(PeerMessage::Record(record));
+                }
+                if let Some(incarnation) = comparison.refute {
+                    self.refute(peer, incarnation);
+                }
+                for (node, incarnation, rumour) in comparison.rumours {
+                    self.spread_death(peer, node, incarnation, rumour);
+                }
+            }
+            PeerMessage::Want { nodes } => {
+                for record in self.with_state(|s| s.records_of(&nodes)) {
+                    let _ = tx.try_send(record);
+                }
+            }
+            PeerMessage::Leave { node } => {
+                if node == self.config.node_id {
+                    if !self.is_leaving() {
+                        self.refute(peer, 0);
+                    }
+                } else if self.with_state(|s| s.node_left(&node)) {
+                    tracing::info!(node = %node, told_by = %peer, "node left");
+                    self.relay(peer, PeerMessage::Leave { node: node.clone() });
+                }
+                if node == peer {
+                    return Flow::Left;
+                }
+            }
+            PeerMessage::Dead { node, incarnation } => {
+                if node == self.config.node_id {
+                    if !self.is_leaving() {
+                        self.refute(peer, incarnation);
+                    }
+                } else {
+                    let rumour = self.with_state(|s| s.rumour_dead(&node, incarnation));
+                    self.spread_death(peer, node, incarnation, rumour);
+                }
+            }
+            PeerMessage::Probe { node } => {
+                let alive = self.with_state(|s| s.hears(&node));
+                let _ = tx.try_send(PeerMessage::ProbeAck { node, alive });
+            }
+            PeerMessage::ProbeAck { node, alive } => {
+                if alive {
+                    tracing::debug!(peer = %node, vouched_by = %peer, "a suspect is still heard by another peer");
+                    self.with_state(|s| s.vouched(&node));
+                }
+            }
+            other => tracing::debug!(peer = %peer, message = ?other, "not a gossip message"),
+        }
+        Flow::Continue
+    }
+
+    /// Takes a record (relayed or from its node) and relays it when it is news.
+    fn on_record(&self, peer: &str, record: NodeRecord) {
+        let owner = record.body.node.clone();
+        match self.with_state(|s| s.accept_record(&record, peer)) {
+            Accepted::New => {
+                let targets = self.with_state(|s| s.relay_targets(&owner, peer));
+                let message = PeerMessage::Record(record);
+                for (_, tx) in targets {
+                    let _ = tx.try_send(message.clone());
+                }
+            }
+            Accepted::Stale => {}
+            Accepted::Refused(reason) => {
+                tracing::warn!(node = %owner, relayed_by = %peer, "refused a record: {reason}");
+            }
+        }
+    }
+
+    /// Acts on a rumour of `node`'s death: relays what is believed, passes it to the node itself
+    /// when linked to it (so it can refute).
+    fn spread_death(&self, from: &str, node: String, incarnation: u64, rumour: Rumour) {
+        match rumour {
+            Rumour::Believed => {
+                tracing::warn!(peer = %node, told_by = %from, "peer reported dead; its commands are withdrawn");
+                self.relay(from, PeerMessage::Dead { node, incarnation });
+            }
+            Rumour::Subject(tx) => {
+                let _ = tx.try_send(PeerMessage::Dead { node, incarnation });
+            }
+            Rumour::Ignored => {}
+        }
+    }
+
+    /// Refutes a rumour (heard from `from`) that this node is dead or gone.
+    fn refute(&self, from: &str, rumoured: u64) {
+        tracing::warn!(rumoured_by = %from, "refuting a rumour of this node's death");
+        let record = self.with_state(|s| s.refute(rumoured));
+        self.broadcast(record);
+    }
+
+    /// Queues `message` on every link but `from`'s.
+    fn relay(&self, from: &str, message: PeerMessage) {
+        for (node, tx) in self.with_state(|s| s.link_senders()) {
+            if node != from {
+                let _ = tx.try_send(message.clone());
+            }
+        }
+    }
+}
