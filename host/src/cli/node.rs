@@ -186,7 +186,7 @@ fn persistent_node_id(dir: Option<&std::path::Path>) -> anyhow::Result<String> {
         }
     }
     let id = random();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(&file, format!("{id}\n")).with_context(|| format!("writing {}", file.display()))?;
     Ok(id)
 }
