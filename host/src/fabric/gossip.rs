@@ -60,7 +60,9 @@ impl Fabric {
             }
             PeerMessage::Dead { node, incarnation } => {
                 if node == self.config.node_id {
-                    if !self.is_leaving() {
+                    // A rumour about an older incarnation was refuted already.
+                    let current = self.with_state(|s| incarnation >= s.incarnation);
+                    if current && !self.is_leaving() {
                         self.refute(peer, incarnation);
                     }
                 } else {

@@ -191,7 +191,8 @@ impl Fabric {
             }
             for node in probes {
                 tracing::debug!(peer = %node, "peer suspected; asking the others whether they still hear it");
-                self.broadcast(PeerMessage::Probe { node });
+                self.broadcast(PeerMessage::Probe { node: node.clone() });
+                tokio::spawn(self.clone().reach(node));
             }
             for (node, incarnation) in dead {
                 tracing::warn!(peer = %node, "peer declared dead; its commands are withdrawn");
@@ -205,6 +206,32 @@ impl Fabric {
                 let summary = self.with_state(|s| s.summary());
                 self.broadcast(PeerMessage::Digest { summary });
             }
+        }
+    }
+
+    /// Calls `echo` on a suspect through the fabric; an answer proves it alive.
+    async fn reach(self: Arc<Self>, node: String) {
+        let deadline = Instant::now() + state::PROBE_WINDOW;
+        let Some(route) = self.with_state(|s| s.next_hop(&node, &[])) else {
+            return;
+        };
+        let request = CallRequest {
+            id: 0,
+            fun: "echo".into(),
+            args: vec![Value::Null],
+            kwargs: serde_json::Map::new(),
+            locs: Vec::new(),
+            function_id: None,
+            version_constraint: None,
+            deadline_ms: 0,
+            depth: 0,
+            target: node.clone(),
+            path: vec![self.config.node_id.clone()],
+            hops: MAX_HOPS,
+        };
+        if let Exchange::Answered(Ok(_)) = self.exchange(&route, request, deadline).await {
+            tracing::debug!(peer = %node, via = %route.via, "a suspect answered through the fabric");
+            self.with_state(|s| s.reached(&node));
         }
     }
 

@@ -73,8 +73,9 @@ pub struct Maintenance {
 /// The round-trip time assumed for a link before its first pong (1 ms).
 const UNMEASURED_RTT_US: u64 = 1000;
 
-/// How long peers have to vouch for a suspect before it is declared dead.
-const PROBE_WINDOW: Duration = Duration::from_millis(300);
+/// How long peers have to vouch for a suspect (or the suspect to answer a call sent through
+/// them) before it is declared dead.
+pub const PROBE_WINDOW: Duration = Duration::from_millis(300);
 
 struct Backoff {
     failures: u32,
@@ -95,6 +96,9 @@ const REDIAL_AFTER_LEAVE: Duration = Duration::from_secs(2);
 /// neighbours on a ring of all members (which keeps the overlay connected) and random others
 /// (which keep paths short).
 const PARTIAL_VIEW: usize = 8;
+
+/// The hop count assumed for a node no known path reaches (so that known paths win).
+const MAX_HOPS_GUESS: u32 = 4;
 
 /// A change of links is announced (in a re-signed record) at most this often.
 const LINKS_ANNOUNCE: Duration = Duration::from_millis(300);
@@ -390,8 +394,9 @@ impl State {
         });
         member.url = body.url.clone();
         if matches!(member.status, Status::Dead | Status::Left) {
-            // Revived by its own record at a higher incarnation (or by a link to it).
-            member.status = Status::Alive;
+            // Revived by its own record at a higher incarnation. Unless linked to it, this node
+            // checks before believing it: the record may be older than a new failure.
+            member.status = if linked { Status::Alive } else { Status::Suspect };
             member.since = Instant::now();
             member.probed = None;
         }
@@ -540,13 +545,17 @@ impl State {
 
     /// A peer reports `node` dead. Believed unless this node hears from it itself.
     pub fn rumour_dead(&mut self, node: &str, incarnation: u64) -> Rumour {
-        if let Some(link) = self.links.get(node) {
-            return Rumour::Subject(link.tx.clone());
-        }
         let Some(member) = self.members.get_mut(node) else {
             return Rumour::Ignored;
         };
-        if member.incarnation > incarnation || matches!(member.status, Status::Dead | Status::Left) {
+        // A rumour about an incarnation the node has already refuted is old news.
+        if member.incarnation > incarnation {
+            return Rumour::Ignored;
+        }
+        if let Some(link) = self.links.get(node) {
+            return Rumour::Subject(link.tx.clone());
+        }
+        if matches!(member.status, Status::Dead | Status::Left) {
             return Rumour::Ignored;
         }
         member.status = Status::Dead;
@@ -563,6 +572,17 @@ impl State {
     pub fn vouched(&mut self, node: &str) {
         if let Some(member) = self.members.get_mut(node) {
             if member.status == Status::Suspect {
+                member.since = Instant::now();
+                member.probed = None;
+            }
+        }
+    }
+
+    /// A call reached `node` through the fabric: it is alive (even if not linked).
+    pub fn reached(&mut self, node: &str) {
+        if let Some(member) = self.members.get_mut(node) {
+            if member.status == Status::Suspect {
+                member.status = Status::Alive;
                 member.since = Instant::now();
                 member.probed = None;
             }
@@ -879,6 +899,21 @@ impl State {
                 && self.links.contains_key(peer)
             {
                 routes.insert(node.clone(), (peer.clone(), 2));
+            }
+        }
+        // Any other node with a record is tried through the nearest link: the records that
+        // show its links may be a moment behind (they are announced every 300 ms at most).
+        let nearest = self
+            .links
+            .iter()
+            .filter(|(node, _)| !avoid.contains(node.as_str()))
+            .min_by_key(|(_, l)| l.stats.rtt_us.load(Ordering::Relaxed))
+            .map(|(node, _)| node.clone());
+        if let Some(nearest) = nearest {
+            for node in self.records.keys() {
+                if !routes.contains_key(node) && !avoid.contains(node.as_str()) {
+                    routes.insert(node.clone(), (nearest.clone(), MAX_HOPS_GUESS));
+                }
             }
         }
         routes

@@ -1,0 +1,232 @@
+//! Fabrics larger than the full mesh: a partial view, records relayed by other nodes (and never
+//! forged by them), and calls that travel through nodes to reach the one that serves them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Map, Value};
+use support::{eventually, fabric_node, no_kwargs, peer_states, servers_of, TestNode};
+use tokio_tungstenite::tungstenite::Message;
+use weft::fabric::auth;
+use weft::fabric::identity::NodeKey;
+use weft::fabric::wire::{self, CatalogEntry, NodeRecord, PeerMessage, RecordBody, PEER_PATH, PROTOCOL_VERSION};
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+async fn peers(node: &TestNode) -> Vec<Value> {
+    let report = node
+        .client()
+        .await
+        .call("weft.peers", vec![], Map::new(), &[])
+        .await
+        .unwrap();
+    report["peers"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn beyond_max_mesh_nodes_keep_a_partial_view_and_calls_travel_through_others() {
+    const N: usize = 10;
+    const MAX_MESH: usize = 3;
+    let max_mesh = format!("--max-mesh={MAX_MESH}");
+    let mut nodes: Vec<TestNode> = Vec::new();
+    for i in 0..N {
+        let plugins: &[&str] = match i {
+            0 => &["math"],
+            9 => &["text"],
+            _ => &[],
+        };
+        let node = fabric_node(plugins, nodes.last(), &[&max_mesh]).await;
+        nodes.push(node);
+    }
+    let origin = support::node_id(&nodes[0]).await;
+    for node in &nodes {
+        assert!(
+            eventually(CONVERGE, || async {
+                peer_states(node).await.iter().filter(|(_, s)| s == "alive").count() == N - 1
+                    && servers_of(node, "math.add").await.len() == 1
+                    && servers_of(node, "text.upper").await.len() == 1
+            })
+            .await,
+            "a node never learned every member and command: {:?}",
+            peer_states(node).await
+        );
+    }
+    let mut through_others = 0;
+    for node in &nodes {
+        let peers = peers(node).await;
+        let linked = peers.iter().filter(|p| p["linked"] == true).count();
+        assert!(linked <= 2 * MAX_MESH, "{linked} links: {peers:?}");
+        if peers
+            .iter()
+            .any(|p| p["node"] == origin.as_str() && p["linked"] == false)
+        {
+            through_others += 1;
+        }
+        let client = node.client().await;
+        assert_eq!(
+            client
+                .call("math.add", vec![json!(2), json!(3)], no_kwargs(), &[])
+                .await
+                .unwrap(),
+            json!(5)
+        );
+        assert_eq!(
+            client
+                .call("text.upper", vec![json!("relay")], no_kwargs(), &[])
+                .await
+                .unwrap(),
+            json!("RELAY")
+        );
+    }
+    assert!(through_others > 0, "every node linked the origin: no partial view");
+
+    // The origin dies: its commands leave every catalog, and calls fail clearly.
+    let pid = nodes[0].process.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap()
+        .success());
+    for node in &nodes[1..] {
+        assert!(
+            eventually(CONVERGE, || async { servers_of(node, "math.add").await.is_empty() }).await,
+            "the dead node's command stayed in a catalog"
+        );
+        let err = node
+            .client()
+            .await
+            .call("math.add", vec![json!(2), json!(3)], no_kwargs(), &[])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("1001"), "{err}");
+    }
+}
+
+/// A peer that speaks the protocol by hand (with the cluster secret, so it gets in).
+struct RawPeer {
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+impl RawPeer {
+    async fn join(url: &str, node: &str, key: &NodeKey) -> RawPeer {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}{PEER_PATH}"))
+            .await
+            .unwrap();
+        let my_nonce = auth::nonce();
+        let hello = PeerMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            cluster: "default".into(),
+            node: node.into(),
+            url: "ws://127.0.0.1:9".into(),
+            key: key.public(),
+            nonce: my_nonce,
+        };
+        ws.send(Message::Binary(wire::encode(&hello).unwrap().into()))
+            .await
+            .unwrap();
+        let Some(Ok(Message::Binary(frame))) = ws.next().await else {
+            panic!("no welcome")
+        };
+        let PeerMessage::Welcome {
+            node: listener,
+            key: listener_key,
+            nonce,
+            ..
+        } = wire::decode(&frame).unwrap()
+        else {
+            panic!("not a welcome")
+        };
+        let me = auth::Party {
+            node,
+            key: &key.public(),
+        };
+        let them = auth::Party {
+            node: &listener,
+            key: &listener_key,
+        };
+        let transcript = auth::transcript("dialer", &my_nonce, &nonce, me, them);
+        let proof = PeerMessage::Proof {
+            proof: auth::proof(b"test-secret", &transcript),
+            signature: key.sign(&transcript),
+        };
+        ws.send(Message::Binary(wire::encode(&proof).unwrap().into()))
+            .await
+            .unwrap();
+        RawPeer { ws }
+    }
+
+    async fn send(&mut self, message: &PeerMessage) {
+        self.ws
+            .send(Message::Binary(wire::encode(message).unwrap().into()))
+            .await
+            .unwrap();
+    }
+}
+
+fn record(node: &str, key: [u8; 32], command: &str, signer: &NodeKey) -> NodeRecord {
+    let body = RecordBody {
+        node: node.into(),
+        key,
+        url: "ws://127.0.0.1:9".into(),
+        incarnation: u64::MAX / 2,
+        version: u64::MAX / 2,
+        entries: vec![CatalogEntry {
+            command: command.into(),
+            tags: vec![],
+            version: "1.0.0".into(),
+            digest: "00".into(),
+        }],
+        neighbours: vec![],
+    };
+    NodeRecord::signed(body, signer).unwrap()
+}
+
+#[tokio::test]
+async fn a_member_cannot_forge_another_nodes_record() {
+    let a = fabric_node(&[], None, &[]).await;
+    let b = fabric_node(&["math"], Some(&a), &[]).await;
+    let id_b = support::node_id(&b).await;
+    assert!(
+        eventually(CONVERGE, || async {
+            servers_of(&a, "math.add").await == vec![id_b.clone()]
+        })
+        .await
+    );
+
+    let mallory = NodeKey::generate();
+    let mut peer = RawPeer::join(a.url(), "mallory", &mallory).await;
+    // B's public key (read from its data directory; the forger never has the private half).
+    let b_public = NodeKey::load_or_create(&b.cache.path().join("data")).unwrap().public();
+    // Under its own key, naming B; under B's key, signed by mallory; and mallory's own record.
+    peer.send(&PeerMessage::Record(record(
+        &id_b,
+        mallory.public(),
+        "evil.own-key",
+        &mallory,
+    )))
+    .await;
+    peer.send(&PeerMessage::Record(record(&id_b, b_public, "evil.b-key", &mallory)))
+        .await;
+    peer.send(&PeerMessage::Record(record(
+        "mallory",
+        mallory.public(),
+        "mallory.cmd",
+        &mallory,
+    )))
+    .await;
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            servers_of(&a, "mallory.cmd").await == vec!["mallory".to_string()]
+        })
+        .await,
+        "the raw peer's own record was not taken (so the test proves nothing)"
+    );
+    for node in [&a, &b] {
+        assert!(servers_of(node, "evil.own-key").await.is_empty());
+        assert!(servers_of(node, "evil.b-key").await.is_empty());
+        assert_eq!(servers_of(node, "math.add").await, vec![id_b.clone()]);
+    }
+}
