@@ -175,11 +175,12 @@ async fn run(n: usize, math: &Path) -> anyhow::Result<()> {
     let pid = nodes[n - 1].process.id().unwrap_or_default().to_string();
     std::process::Command::new("kill").args(["-CONT", &pid]).status()?;
 
-    // A partition of the live nodes into two halves (links really cut), then healed.
+    // A partition of the live nodes (the continued one included: it would bridge the halves)
+    // into two halves (links really cut), then healed.
     let live: Vec<&Node> = nodes
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i < n - 2)
+        .filter(|(i, _)| *i != n - 2)
         .map(|(_, node)| node)
         .collect();
     let (left, right) = live.split_at(live.len() / 2);
@@ -218,7 +219,7 @@ async fn run(n: usize, math: &Path) -> anyhow::Result<()> {
     let observers: Vec<&Node> = nodes
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i != 1 && *i < n - 2)
+        .filter(|(i, _)| *i != 1 && *i != n - 2)
         .map(|(_, node)| node)
         .collect();
     let at = Instant::now();

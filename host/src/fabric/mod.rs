@@ -60,7 +60,7 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Timing {
-            ping: Duration::from_millis(250),
+            ping: Duration::from_millis(500),
             link_timeout: Duration::from_millis(1500),
             suspect_timeout: Duration::from_millis(700),
             anti_entropy: Duration::from_secs(1),
@@ -185,14 +185,29 @@ impl Fabric {
                 dead,
                 probes,
                 publish,
+                verify,
             } = self.with_state(|s| s.plan_maintenance(now, &self.config));
+            for node in verify {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    if !me.reach(&node).await {
+                        tracing::debug!(peer = %node, "a revived node did not answer through the fabric");
+                        me.with_state(|s| s.unreached(&node));
+                    }
+                });
+            }
             if let Some(record) = publish {
                 self.broadcast(record);
             }
             for node in probes {
                 tracing::debug!(peer = %node, "peer suspected; asking the others whether they still hear it");
                 self.broadcast(PeerMessage::Probe { node: node.clone() });
-                tokio::spawn(self.clone().reach(node));
+                let me = self.clone();
+                tokio::spawn(async move {
+                    if me.reach(&node).await {
+                        me.with_state(|s| s.reached(&node));
+                    }
+                });
             }
             for (node, incarnation) in dead {
                 tracing::warn!(peer = %node, "peer declared dead; its commands are withdrawn");
@@ -209,11 +224,11 @@ impl Fabric {
         }
     }
 
-    /// Calls `echo` on a suspect through the fabric; an answer proves it alive.
-    async fn reach(self: Arc<Self>, node: String) {
+    /// Calls `echo` on `node` through the fabric (within the probe window): whether it answered.
+    async fn reach(&self, node: &str) -> bool {
         let deadline = Instant::now() + state::PROBE_WINDOW;
-        let Some(route) = self.with_state(|s| s.next_hop(&node, &[])) else {
-            return;
+        let Some(route) = self.with_state(|s| s.next_hop(node, &[])) else {
+            return false;
         };
         let request = CallRequest {
             id: 0,
@@ -225,14 +240,16 @@ impl Fabric {
             version_constraint: None,
             deadline_ms: 0,
             depth: 0,
-            target: node.clone(),
+            target: node.to_string(),
             path: vec![self.config.node_id.clone()],
             hops: MAX_HOPS,
         };
-        if let Exchange::Answered(Ok(_)) = self.exchange(&route, request, deadline).await {
-            tracing::debug!(peer = %node, via = %route.via, "a suspect answered through the fabric");
-            self.with_state(|s| s.reached(&node));
-        }
+        let answered = matches!(
+            self.exchange(&route, request, deadline).await,
+            Exchange::Answered(Ok(_))
+        );
+        tracing::debug!(peer = %node, via = %route.via, answered, "checked a node through the fabric");
+        answered
     }
 
     /// Follows the local command table and pushes this node's catalog whenever it changes.

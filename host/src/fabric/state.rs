@@ -55,6 +55,8 @@ pub struct Member {
     pub since: Instant,
     /// When the other peers were asked whether they still hear this suspect.
     pub probed: Option<Instant>,
+    /// When to check, with a call through the fabric, a node revived by a relayed record.
+    pub verify_at: Option<Instant>,
 }
 
 /// What a maintenance tick decided.
@@ -68,6 +70,8 @@ pub struct Maintenance {
     pub probes: Vec<String>,
     /// This node's record, re-signed because its links changed.
     pub publish: Option<PeerMessage>,
+    /// Nodes revived by relayed records, to check with a call through the fabric.
+    pub verify: Vec<String>,
 }
 
 /// The round-trip time assumed for a link before its first pong (1 ms).
@@ -96,6 +100,9 @@ const REDIAL_AFTER_LEAVE: Duration = Duration::from_secs(2);
 /// neighbours on a ring of all members (which keeps the overlay connected) and random others
 /// (which keep paths short).
 const PARTIAL_VIEW: usize = 8;
+
+/// How long after a relayed record revived a node it is checked through the fabric.
+const VERIFY_REVIVED: Duration = Duration::from_millis(500);
 
 /// The hop count assumed for a node no known path reaches (so that known paths win).
 const MAX_HOPS_GUESS: u32 = 4;
@@ -321,6 +328,7 @@ impl State {
             status: Status::Alive,
             since: Instant::now(),
             probed: None,
+            verify_at: None,
         });
         member.url = url.to_string();
         member.status = Status::Alive;
@@ -391,14 +399,17 @@ impl State {
             status: Status::Alive,
             since: Instant::now(),
             probed: None,
+            verify_at: None,
         });
         member.url = body.url.clone();
         if matches!(member.status, Status::Dead | Status::Left) {
             // Revived by its own record at a higher incarnation. Unless linked to it, this node
-            // checks before believing it: the record may be older than a new failure.
-            member.status = if linked { Status::Alive } else { Status::Suspect };
+            // checks it soon with a call through the fabric: the record may be older than a new
+            // failure (relayed across a partition as it formed).
+            member.status = Status::Alive;
             member.since = Instant::now();
             member.probed = None;
+            member.verify_at = (!linked).then(|| Instant::now() + VERIFY_REVIVED);
         }
         member.incarnation = member.incarnation.max(body.incarnation);
         self.records.insert(body.node.clone(), record.clone());
@@ -589,6 +600,20 @@ impl State {
         }
     }
 
+    /// A call through the fabric did not reach `node`: unless linked to it, it is a suspect.
+    pub fn unreached(&mut self, node: &str) {
+        if self.links.contains_key(node) {
+            return;
+        }
+        if let Some(member) = self.members.get_mut(node) {
+            if member.status == Status::Alive {
+                member.status = Status::Suspect;
+                member.since = Instant::now();
+                member.probed = None;
+            }
+        }
+    }
+
     /// Whether this node has a live link to `node` (the answer to a peer's probe).
     pub fn hears(&self, node: &str) -> bool {
         self.links.contains_key(node)
@@ -624,6 +649,14 @@ impl State {
                     member.probed = None;
                     died.push(node.clone());
                     plan.dead.push((node.clone(), member.incarnation));
+                }
+            }
+        }
+        for (node, member) in self.members.iter_mut() {
+            if member.verify_at.is_some_and(|at| at <= now) {
+                member.verify_at = None;
+                if member.status == Status::Alive && !self.links.contains_key(node) {
+                    plan.verify.push(node.clone());
                 }
             }
         }
