@@ -143,7 +143,9 @@ async fn run(n: usize, math: &Path) -> anyhow::Result<()> {
     let mean_rss = rss.iter().sum::<u64>() as f64 / rss.len().max(1) as f64 / 1024.0;
     println!("N={n}: RSS per node, mean {mean_rss:.1} MiB");
 
-    // Idle control traffic: bytes every node writes to its peer links over 5 quiet seconds.
+    // Idle control traffic: bytes every node writes to its peer links over 5 quiet seconds, once
+    // the links have settled (discovery completes before every link is made).
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let window = Duration::from_secs(5);
     let before = bytes_out(&nodes).await?;
     tokio::time::sleep(window).await;
@@ -240,8 +242,8 @@ async fn wait_all(nodes: &[Node], limit: Duration, done: impl Fn(&Value, &Value)
     wait_all_refs(&refs, limit, done).await
 }
 
-/// Polls every node's `weft.peers` and `weft.catalog` (all at once, every 5 ms) until `done`
-/// holds for all.
+/// Polls every node's `weft.peers` and `weft.catalog` (all at once, every 5 ms per 10 nodes, so
+/// that polling does not load the machine more with more nodes) until `done` holds for all.
 async fn wait_all_refs(nodes: &[&Node], limit: Duration, done: impl Fn(&Value, &Value) -> bool) -> anyhow::Result<()> {
     let until = Instant::now() + limit;
     let mut pending: Vec<&Node> = nodes.to_vec();
@@ -271,10 +273,14 @@ async fn wait_all_refs(nodes: &[&Node], limit: Duration, done: impl Fn(&Value, &
         }
         pending = still;
         if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(poll_interval(nodes.len())).await;
         }
     }
     Ok(())
+}
+
+fn poll_interval(nodes: usize) -> Duration {
+    Duration::from_millis(5 * (nodes as u64).div_ceil(10).max(1))
 }
 
 fn alive(peers: &Value) -> usize {
