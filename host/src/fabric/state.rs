@@ -101,6 +101,9 @@ const REDIAL_AFTER_LEAVE: Duration = Duration::from_secs(2);
 /// (which keep paths short).
 const PARTIAL_VIEW: usize = 8;
 
+/// How often one member that no link of this node watches is checked through the fabric.
+const CHECK_UNLINKED: Duration = Duration::from_millis(500);
+
 /// How long after a relayed record revived a node it is checked through the fabric.
 const VERIFY_REVIVED: Duration = Duration::from_millis(500);
 
@@ -135,7 +138,7 @@ pub enum Rumour {
 pub struct Comparison {
     /// Records the peer holds newer.
     pub want: Vec<String>,
-    /// Records the peer lacks or holds older.
+    /// This node's record, when the peer lacks it or holds it older.
     pub push: Vec<NodeRecord>,
     /// The peer holds this node dead: refute it.
     pub refute: Option<u64>,
@@ -163,6 +166,8 @@ pub struct State {
     /// Links changed since this node's record was last signed.
     links_changed: bool,
     links_announced: Instant,
+    /// When the next unlinked member is checked.
+    next_check: Instant,
     /// Nodes this node refuses to talk to (fault injection in tests).
     pub blocked: HashSet<String>,
     links: HashMap<String, LinkHandle>,
@@ -202,6 +207,7 @@ impl State {
             announced: false,
             links_changed: false,
             links_announced: Instant::now(),
+            next_check: Instant::now(),
             links: HashMap::new(),
             members: HashMap::new(),
             records: HashMap::new(),
@@ -489,26 +495,15 @@ impl State {
         let mut out = Comparison::default();
         let theirs: HashMap<&str, u64> = alive.iter().map(|(n, v)| (n.as_str(), *v)).collect();
         let their_dead: HashMap<&str, u64> = dead.iter().map(|(n, i)| (n.as_str(), *i)).collect();
+        // Records are pulled (each side asks for what the other holds newer, which is how a node
+        // held dead learns it was revived); only this node's own record is pushed.
         for (node, version) in &alive {
             if *node == self.me {
                 continue;
             }
             let held = self.records.get(node).map_or(0, |r| r.body.version);
-            let tombstoned = self
-                .members
-                .get(node)
-                .is_some_and(|m| matches!(m.status, Status::Dead | Status::Left));
-            if held < *version && !tombstoned {
+            if held < *version {
                 out.want.push(node.clone());
-            }
-        }
-        for (node, record) in &self.records {
-            let newer = theirs.get(node.as_str()).is_none_or(|v| *v < record.body.version);
-            let dead_there = their_dead
-                .get(node.as_str())
-                .is_some_and(|i| *i >= record.body.incarnation);
-            if newer && !dead_there {
-                out.push.push(record.clone());
             }
         }
         if let Some(incarnation) = their_dead.get(self.me.as_str()) {
@@ -660,6 +655,23 @@ impl State {
                 }
             }
         }
+        // Members no link here watches (a partial view) are checked one at a time, at random,
+        // with a call through the fabric: a partition that left them on the other side is found.
+        if now >= self.next_check {
+            self.next_check = now + CHECK_UNLINKED;
+            let unlinked: Vec<String> = self
+                .members
+                .iter()
+                .filter(|(node, m)| m.status == Status::Alive && !self.links.contains_key(*node))
+                .map(|(node, _)| node.clone())
+                .collect();
+            if !unlinked.is_empty() {
+                let pick = (self.random() % unlinked.len() as u64) as usize;
+                if !plan.verify.contains(&unlinked[pick]) {
+                    plan.verify.push(unlinked[pick].clone());
+                }
+            }
+        }
         for node in died {
             self.records.remove(&node);
             self.learned_from.remove(&node);
@@ -677,14 +689,18 @@ impl State {
         } else {
             self.partial_view_wanted(config.max_mesh.min(PARTIAL_VIEW))
         };
-        for url in wanted {
+        // Seeds are dialed whatever the links already made (by nodes that dialed this one):
+        // they join this node to the rest of the fabric.
+        let seeds = self.unlinked_seeds();
+        for url in seeds.iter().chain(&wanted) {
+            let url = url.clone();
             if url == self.my_url || self.dialing.contains(&url) || plan.dials.contains(&url) {
                 continue;
             }
             if self.backoff.get(&url).is_some_and(|b| b.next > now) {
                 continue;
             }
-            if self.links.len() + self.dialing.len() >= config.max_mesh {
+            if self.links.len() + self.dialing.len() >= config.max_mesh && !seeds.contains(&url) {
                 break;
             }
             self.dialing.insert(url.clone());
@@ -696,7 +712,7 @@ impl State {
         plan
     }
 
-    /// Full mesh: every remembered member unlinked, and the seeds.
+    /// Full mesh: every remembered member unlinked.
     fn full_mesh_wanted(&self, max_mesh: usize) -> Vec<String> {
         let mut wanted = Vec::new();
         if self.links.len() >= max_mesh {
@@ -708,7 +724,6 @@ impl State {
                 wanted.push(member.url.clone());
             }
         }
-        wanted.extend(self.unlinked_seeds());
         wanted
     }
 
@@ -729,8 +744,7 @@ impl State {
     }
 
     /// Partial view: the ring neighbours, suspects (to hear them again), random members up to
-    /// `view` links, one dead member (so split groups find each other), and the seeds while
-    /// below `view`.
+    /// `view` links, and one dead member (so split groups find each other).
     fn partial_view_wanted(&mut self, view: usize) -> Vec<String> {
         let mut wanted = Vec::new();
         let mut ring: Vec<(u64, &str)> = self
@@ -779,9 +793,6 @@ impl State {
         if !dead.is_empty() {
             let pick = (self.random() % dead.len() as u64) as usize;
             wanted.push(dead[pick].clone());
-        }
-        if self.links.len() < view {
-            wanted.extend(self.unlinked_seeds());
         }
         wanted
     }
