@@ -230,3 +230,88 @@ async fn a_member_cannot_forge_another_nodes_record() {
         assert_eq!(servers_of(node, "math.add").await, vec![id_b.clone()]);
     }
 }
+
+#[tokio::test]
+async fn a_partition_of_a_partial_view_is_found_and_heals() {
+    const N: usize = 10;
+    let mut nodes: Vec<TestNode> = Vec::new();
+    for i in 0..N {
+        let plugins: &[&str] = if i == N - 1 { &["math"] } else { &[] };
+        let node = fabric_node(plugins, nodes.last(), &["--max-mesh=3", "--fault-injection"]).await;
+        nodes.push(node);
+    }
+    let mut ids = Vec::new();
+    for node in &nodes {
+        ids.push(support::node_id(node).await);
+    }
+    for node in &nodes {
+        assert!(
+            eventually(CONVERGE, || async {
+                peer_states(node).await.iter().filter(|(_, s)| s == "alive").count() == N - 1
+                    && servers_of(node, "math.add").await.len() == 1
+            })
+            .await
+        );
+    }
+    let (left, right) = ids.split_at(N / 2);
+    let fault = |action: &'static str| {
+        let nodes = &nodes;
+        async move {
+            for (i, node) in nodes.iter().enumerate() {
+                let other = if i < N / 2 { right } else { left };
+                node.client()
+                    .await
+                    .call("weft.fault", vec![json!(action), json!(other)], no_kwargs(), &[])
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    fault("cut").await;
+    // Every node of the left half finds every node of the right half dead, also those no left
+    // node ever linked to, and the command served only on the right is gone from the left.
+    for node in &nodes[..N / 2] {
+        assert!(
+            eventually(CONVERGE, || async {
+                let states = peer_states(node).await;
+                right
+                    .iter()
+                    .all(|id| states.iter().any(|(n, s)| n == id && s == "dead"))
+                    && servers_of(node, "math.add").await.is_empty()
+            })
+            .await,
+            "the left half still sees the right: {:?}",
+            peer_states(node).await
+        );
+    }
+    // The right half keeps serving itself.
+    assert_eq!(
+        nodes[N / 2]
+            .client()
+            .await
+            .call("math.add", vec![json!(20), json!(22)], no_kwargs(), &[])
+            .await
+            .unwrap(),
+        json!(42)
+    );
+    fault("restore").await;
+    for node in &nodes {
+        assert!(
+            eventually(CONVERGE, || async {
+                peer_states(node).await.iter().filter(|(_, s)| s == "alive").count() == N - 1
+                    && servers_of(node, "math.add").await.len() == 1
+            })
+            .await,
+            "the fabric did not heal: {:?}",
+            peer_states(node).await
+        );
+        assert_eq!(
+            node.client()
+                .await
+                .call("math.add", vec![json!(1), json!(1)], no_kwargs(), &[])
+                .await
+                .unwrap(),
+            json!(2)
+        );
+    }
+}

@@ -190,7 +190,7 @@ impl Fabric {
             for node in verify {
                 let me = self.clone();
                 tokio::spawn(async move {
-                    if !me.reach(&node).await {
+                    if !me.reach(&node, CHECK_DEADLINE).await {
                         tracing::debug!(peer = %node, "a revived node did not answer through the fabric");
                         me.with_state(|s| s.unreached(&node));
                     }
@@ -204,7 +204,7 @@ impl Fabric {
                 self.broadcast(PeerMessage::Probe { node: node.clone() });
                 let me = self.clone();
                 tokio::spawn(async move {
-                    if me.reach(&node).await {
+                    if me.reach(&node, state::PROBE_WINDOW).await {
                         me.with_state(|s| s.reached(&node));
                     }
                 });
@@ -224,9 +224,9 @@ impl Fabric {
         }
     }
 
-    /// Calls `echo` on `node` through the fabric (within the probe window): whether it answered.
-    async fn reach(&self, node: &str) -> bool {
-        let deadline = Instant::now() + state::PROBE_WINDOW;
+    /// Calls `echo` on `node` through the fabric within `within`: whether it answered.
+    async fn reach(&self, node: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
         let Some(route) = self.with_state(|s| s.next_hop(node, &[])) else {
             return false;
         };
@@ -460,6 +460,10 @@ impl Fabric {
         }
     }
 }
+
+/// How long a check of a member no link watches may take (a busy fabric answers slowly; a
+/// failed check only makes the member a suspect, which is then probed).
+const CHECK_DEADLINE: Duration = Duration::from_secs(1);
 
 /// The error kind of a call that found no path to its target (it did not run).
 const UNREACHABLE: &str = "unreachable";

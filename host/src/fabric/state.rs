@@ -102,7 +102,7 @@ const REDIAL_AFTER_LEAVE: Duration = Duration::from_secs(2);
 const PARTIAL_VIEW: usize = 8;
 
 /// How often one member that no link of this node watches is checked through the fabric.
-const CHECK_UNLINKED: Duration = Duration::from_millis(500);
+const CHECK_UNLINKED: Duration = Duration::from_secs(2);
 
 /// How long after a relayed record revived a node it is checked through the fabric.
 const VERIFY_REVIVED: Duration = Duration::from_millis(500);

@@ -33,8 +33,17 @@ impl Drop for WatchHandle {
 pub fn watch(dir: Arc<PluginDir>) -> notify::Result<WatchHandle> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Err(e) = &event {
-            tracing::warn!(error = %e, "plugin directory watch error");
+        match &event {
+            // Reads (the node's own scans among them) change nothing: following them would
+            // rescan the directory for ever. A file closed after writing does count.
+            Ok(event)
+                if matches!(event.kind, notify::EventKind::Access(access)
+                    if access != notify::event::AccessKind::Close(notify::event::AccessMode::Write)) =>
+            {
+                return
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "plugin directory watch error"),
         }
         let _ = tx.send(());
     })?;

@@ -1,6 +1,6 @@
 //! The node's wasmtime engine and the ticker that drives call deadlines.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -40,13 +40,13 @@ pub(crate) struct Shared {
     pub(crate) active: Semaphore,
     /// Warm instances kept idle across all plugins; bounded by the other half.
     pub(crate) idle: IdlePool,
+    pub(crate) ticker: Arc<Ticker>,
 }
 
 /// The node's WebAssembly runtime.
 pub struct Runtime {
     pub(crate) shared: Arc<Shared>,
     cache: Option<CompileCache>,
-    ticker_stop: Arc<AtomicBool>,
 }
 
 impl Runtime {
@@ -61,8 +61,7 @@ impl Runtime {
         CommandPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
             .map_err(|e| RuntimeError::Engine(format!("adding weft:plugin/host to the linker: {e:#}")))?;
 
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        spawn_epoch_ticker(engine.clone(), ticker_stop.clone())?;
+        let ticker = Ticker::start(engine.clone())?;
 
         let half = (limits.max_instances / 2).max(1) as usize;
         let shared = Arc::new(Shared {
@@ -71,13 +70,10 @@ impl Runtime {
             active: Semaphore::new(half),
             idle: IdlePool::new(half),
             limits,
+            ticker,
         });
         let cache = cache_dir.map(|dir| CompileCache::new(dir, &shared.engine));
-        Ok(Runtime {
-            shared,
-            cache,
-            ticker_stop,
-        })
+        Ok(Runtime { shared, cache })
     }
 
     /// Compiles a component (or loads its compilation from the cache) and prepares it for
@@ -135,7 +131,7 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
+        self.shared.ticker.stop();
     }
 }
 
@@ -183,15 +179,64 @@ fn base_config() -> Config {
     config
 }
 
-fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) -> Result<(), RuntimeError> {
-    std::thread::Builder::new()
-        .name("weft-epoch".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
-                engine.increment_epoch();
+/// Advances the engine's epoch every [`EPOCH_TICK`] while guest code may run, and sleeps
+/// otherwise: an idle node costs no wake-ups.
+pub(crate) struct Ticker {
+    /// Calls and instantiations running now.
+    running: AtomicUsize,
+    stop: AtomicBool,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+/// Keeps the ticker going while held.
+pub(crate) struct Ticking(Arc<Ticker>);
+
+impl Ticker {
+    fn start(engine: Engine) -> Result<Arc<Ticker>, RuntimeError> {
+        let ticker = Arc::new(Ticker {
+            running: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            thread: std::sync::OnceLock::new(),
+        });
+        let me = ticker.clone();
+        let handle = std::thread::Builder::new()
+            .name("weft-epoch".into())
+            .spawn(move || {
+                while !me.stop.load(Ordering::Relaxed) {
+                    if me.running.load(Ordering::SeqCst) == 0 {
+                        // Woken by the next call (or within 100 ms to notice a stop).
+                        std::thread::park_timeout(std::time::Duration::from_millis(100));
+                        continue;
+                    }
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(format!("starting the epoch ticker: {e}")))?;
+        let _ = ticker.thread.set(handle.thread().clone());
+        Ok(ticker)
+    }
+
+    /// Guest code is about to run: the epoch must advance until the guard is dropped.
+    pub(crate) fn ticking(self: &Arc<Self>) -> Ticking {
+        if self.running.fetch_add(1, Ordering::SeqCst) == 0 {
+            if let Some(thread) = self.thread.get() {
+                thread.unpark();
             }
-        })
-        .map(|_| ())
-        .map_err(|e| RuntimeError::Engine(format!("starting the epoch ticker: {e}")))
+        }
+        Ticking(self.clone())
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
+}
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
 }

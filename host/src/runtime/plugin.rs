@@ -98,6 +98,7 @@ impl Plugin {
                 reason,
             })?;
         warm.store.data_mut().deadline = deadline;
+        let ticking = plugin.shared.ticker.ticking();
         let specs = warm
             .bindings
             .call_describe(&mut warm.store)
@@ -106,6 +107,7 @@ impl Plugin {
                 name: name.clone(),
                 reason: format!("{e:#}"),
             })?;
+        drop(ticking);
         plugin.commands = validate(specs).map_err(|reason| RuntimeError::Commands {
             name: name.clone(),
             reason,
@@ -203,10 +205,12 @@ impl Plugin {
         }
         warm.store.set_epoch_deadline(1);
         warm.uses += 1;
+        let ticking = self.shared.ticker.ticking();
         let result = warm
             .bindings
             .call_invoke(&mut warm.store, command, args_json, kwargs_json)
             .await;
+        drop(ticking);
         let scope = warm.store.data_mut().scope.take();
         match result {
             Ok(Ok(json)) => {
@@ -253,6 +257,7 @@ impl Plugin {
     }
 
     async fn instantiate(&self, deadline: Instant) -> Result<Warm, String> {
+        let _ticking = self.shared.ticker.ticking();
         loop {
             let state = HostState::new(self.name.clone(), self.shared.limits.memory_limit_bytes, deadline);
             let mut store = Store::new(&self.shared.engine, state);
