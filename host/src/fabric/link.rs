@@ -267,7 +267,14 @@ where
         if fabric.is_leaving() {
             return None;
         }
-        let added = s.add_link(&peer.node, &peer.url, peer.key, dialer, tx.clone(), fabric.max_links());
+        let added = s.add_link(
+            &peer.node,
+            &peer.url,
+            peer.key,
+            dialer,
+            tx.clone(),
+            fabric.config.max_mesh,
+        );
         if let Some(url) = &dialed {
             s.dial_done(url, added.is_some());
         }
@@ -311,13 +318,18 @@ where
     let _ = tx.try_send(versions);
 
     let timing = fabric.config.timing.clone();
-    let mut ping = tokio::time::interval(timing.ping);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Silence is checked four times per ping interval, so that it is noticed soon after the
+    // link timeout; a ping goes out every fourth check.
+    let mut check = tokio::time::interval(timing.ping / 4);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checks = 0u64;
     let mut sent_pings: HashMap<u64, Instant> = HashMap::new();
     let mut seq = 0u64;
     let mut last_heard = Instant::now();
     let mut stop = fabric.stop.clone();
     let mut left = false;
+    // The peer dropped the link on purpose (it is not suspected).
+    let mut unlinked = false;
     // Calls from the peer run inside this task (no task hop on the way in or out).
     let mut serving = FuturesUnordered::new();
     loop {
@@ -366,6 +378,11 @@ where
                         }
                     }
                     PeerMessage::Reply { id, outcome } => fabric.complete(id, outcome),
+                    PeerMessage::Unlink => {
+                        tracing::debug!(peer = %peer.node, "the peer dropped the link (partial view)");
+                        unlinked = true;
+                        break;
+                    }
                     PeerMessage::Hello { .. } | PeerMessage::Welcome { .. } | PeerMessage::Proof { .. } | PeerMessage::Refused { .. } => {
                         tracing::warn!(peer = %peer.node, "handshake message on an established link; closing it");
                         break;
@@ -380,7 +397,7 @@ where
                 }
             }
             Some(reply) = serving.next(), if !serving.is_empty() => queue(&tx, reply),
-            _ = ping.tick() => {
+            _ = check.tick() => {
                 if fabric.with_state(|s| s.blocked.contains(&peer.node)) {
                     tracing::info!(peer = %peer.node, "link cut (fault injection)");
                     break;
@@ -388,6 +405,10 @@ where
                 if last_heard.elapsed() > timing.link_timeout {
                     tracing::warn!(peer = %peer.node, silent_ms = last_heard.elapsed().as_millis() as u64, "peer silent; closing the link");
                     break;
+                }
+                checks += 1;
+                if checks % 4 != 1 {
+                    continue;
                 }
                 seq += 1;
                 sent_pings.insert(seq, Instant::now());
@@ -402,7 +423,7 @@ where
         }
     }
     fabric.with_state(|s| {
-        s.remove_link(&peer.node, link_id);
+        s.remove_link(&peer.node, link_id, unlinked);
         if left {
             s.node_left(&peer.node);
         }

@@ -82,7 +82,8 @@ pub struct FabricConfig {
     pub advertise_url: String,
     pub seeds: Vec<String>,
     /// Fabrics up to this many nodes form a full mesh; larger ones a partial view. A node
-    /// dials at most this many peers and accepts links up to twice as many.
+    /// dials at most this many peers and accepts links up to twice as many (twice its partial
+    /// view in a larger fabric).
     pub max_mesh: usize,
     pub timing: Timing,
     /// Accept `weft.fault` calls that cut and restore links (tests only).
@@ -153,11 +154,6 @@ impl Fabric {
         self.executor.limits().max_frame_bytes.saturating_mul(2)
     }
 
-    /// Links a node accepts at most.
-    fn max_links(&self) -> usize {
-        self.config.max_mesh.saturating_mul(2)
-    }
-
     fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         match self.state.lock() {
             Ok(mut state) => f(&mut state),
@@ -186,7 +182,11 @@ impl Fabric {
                 probes,
                 publish,
                 verify,
+                prune,
             } = self.with_state(|s| s.plan_maintenance(now, &self.config));
+            for tx in prune {
+                let _ = tx.try_send(PeerMessage::Unlink);
+            }
             for node in verify {
                 let me = self.clone();
                 tokio::spawn(async move {

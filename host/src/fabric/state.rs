@@ -72,6 +72,8 @@ pub struct Maintenance {
     pub publish: Option<PeerMessage>,
     /// Nodes revived by relayed records, to check with a call through the fabric.
     pub verify: Vec<String>,
+    /// Links to drop (partial view over its bound): each is told with `Unlink`.
+    pub prune: Vec<mpsc::Sender<PeerMessage>>,
 }
 
 /// The round-trip time assumed for a link before its first pong (1 ms).
@@ -168,6 +170,8 @@ pub struct State {
     links_announced: Instant,
     /// When the next unlinked member is checked.
     next_check: Instant,
+    /// Links this node dropped on purpose (their closing is no failure).
+    pruned: HashSet<String>,
     /// Nodes this node refuses to talk to (fault injection in tests).
     pub blocked: HashSet<String>,
     links: HashMap<String, LinkHandle>,
@@ -208,6 +212,7 @@ impl State {
             links_changed: false,
             links_announced: Instant::now(),
             next_check: Instant::now(),
+            pruned: HashSet::new(),
             links: HashMap::new(),
             members: HashMap::new(),
             records: HashMap::new(),
@@ -289,8 +294,9 @@ impl State {
         key: [u8; 32],
         dialer: &str,
         tx: mpsc::Sender<PeerMessage>,
-        max_links: usize,
+        max_mesh: usize,
     ) -> Option<(u64, Arc<LinkStats>, Arc<tokio::sync::Notify>)> {
+        let max_links = self.link_cap(max_mesh);
         if self.blocked.contains(node) {
             return None;
         }
@@ -344,12 +350,28 @@ impl State {
         Some((id, stats, close))
     }
 
-    /// Forgets link `id` of `node`; its node becomes a suspect unless it left.
-    pub fn remove_link(&mut self, node: &str, id: u64) {
+    /// Whether the fabric is larger than a full mesh (this node keeps a partial view).
+    fn partial(&self, max_mesh: usize) -> bool {
+        self.members.values().filter(|m| Self::is_live(m.status)).count() >= max_mesh
+    }
+
+    /// Links this node accepts at most.
+    fn link_cap(&self, max_mesh: usize) -> usize {
+        if self.partial(max_mesh) {
+            2 * max_mesh.min(PARTIAL_VIEW)
+        } else {
+            2 * max_mesh
+        }
+    }
+
+    /// Forgets link `id` of `node`; its node becomes a suspect unless it left, or the link was
+    /// dropped on purpose (`quietly`, or pruned by this node).
+    pub fn remove_link(&mut self, node: &str, id: u64, quietly: bool) {
         if self.links.get(node).is_some_and(|l| l.id == id) {
             self.links.remove(node);
+            let quietly = self.pruned.remove(node) || quietly;
             if let Some(member) = self.members.get_mut(node) {
-                if member.status == Status::Alive {
+                if member.status == Status::Alive && !quietly {
                     member.status = Status::Suspect;
                     member.since = Instant::now();
                     member.probed = None;
@@ -683,11 +705,12 @@ impl State {
         self.members.retain(|_, m| {
             !(matches!(m.status, Status::Dead | Status::Left) && now.duration_since(m.since) > FORGET_DEAD)
         });
-        let live = self.members.values().filter(|m| Self::is_live(m.status)).count();
-        let wanted = if live < config.max_mesh {
-            self.full_mesh_wanted(config.max_mesh)
+        let wanted = if self.partial(config.max_mesh) {
+            let view = config.max_mesh.min(PARTIAL_VIEW);
+            plan.prune = self.surplus_links(2 * view);
+            self.partial_view_wanted(view)
         } else {
-            self.partial_view_wanted(config.max_mesh.min(PARTIAL_VIEW))
+            self.full_mesh_wanted(config.max_mesh)
         };
         // Seeds are dialed whatever the links already made (by nodes that dialed this one):
         // they join this node to the rest of the fabric.
@@ -710,6 +733,59 @@ impl State {
             plan.publish = Some(self.republish());
         }
         plan
+    }
+
+    /// Links over `cap` to drop (the fabric outgrew the full mesh, or many peers picked this
+    /// node): never a ring neighbour, a seed or a link with calls in flight.
+    fn surplus_links(&mut self, cap: usize) -> Vec<mpsc::Sender<PeerMessage>> {
+        if self.links.len() <= cap {
+            return Vec::new();
+        }
+        let keep: HashSet<String> = self.ring_neighbours().into_iter().collect();
+        let seeds: HashSet<&str> = self.seeds.iter().map(String::as_str).collect();
+        let mut candidates: Vec<String> = self
+            .links
+            .iter()
+            .filter(|(node, l)| {
+                !keep.contains(*node)
+                    && l.stats.inflight.load(Ordering::Relaxed) == 0
+                    && self.members.get(*node).is_none_or(|m| !seeds.contains(m.url.as_str()))
+            })
+            .map(|(node, _)| node.clone())
+            .collect();
+        candidates.sort();
+        let mut out = Vec::new();
+        while self.links.len() - out.len() > cap && !candidates.is_empty() {
+            let pick = (self.random() % candidates.len() as u64) as usize;
+            let node = candidates.swap_remove(pick);
+            if let Some(link) = self.links.get(&node) {
+                self.pruned.insert(node.clone());
+                out.push(link.tx.clone());
+            }
+        }
+        out
+    }
+
+    /// This node's two neighbours on the ring of live members.
+    fn ring_neighbours(&self) -> Vec<String> {
+        let mut ring: Vec<(u64, &str)> = self
+            .members
+            .iter()
+            .filter(|(node, m)| Self::is_live(m.status) && !self.blocked.contains(*node))
+            .map(|(node, _)| (ring_position(node), node.as_str()))
+            .collect();
+        let mine = ring_position(&self.me);
+        ring.push((mine, self.me.as_str()));
+        ring.sort();
+        let Some(at) = ring.iter().position(|(p, n)| *p == mine && *n == self.me) else {
+            return Vec::new();
+        };
+        let len = ring.len();
+        [ring[(at + 1) % len].1, ring[(at + len - 1) % len].1]
+            .into_iter()
+            .filter(|n| *n != self.me)
+            .map(str::to_string)
+            .collect()
     }
 
     /// Full mesh: every remembered member unlinked.
@@ -747,22 +823,10 @@ impl State {
     /// `view` links, and one dead member (so split groups find each other).
     fn partial_view_wanted(&mut self, view: usize) -> Vec<String> {
         let mut wanted = Vec::new();
-        let mut ring: Vec<(u64, &str)> = self
-            .members
-            .iter()
-            .filter(|(node, m)| Self::is_live(m.status) && !self.blocked.contains(*node))
-            .map(|(node, _)| (ring_position(node), node.as_str()))
-            .collect();
-        let mine = ring_position(&self.me);
-        ring.push((mine, self.me.as_str()));
-        ring.sort();
-        if let Some(at) = ring.iter().position(|(p, n)| *p == mine && *n == self.me) {
-            let len = ring.len();
-            for neighbour in [ring[(at + 1) % len].1, ring[(at + len - 1) % len].1] {
-                if neighbour != self.me && !self.links.contains_key(neighbour) {
-                    if let Some(m) = self.members.get(neighbour) {
-                        wanted.push(m.url.clone());
-                    }
+        for neighbour in self.ring_neighbours() {
+            if !self.links.contains_key(&neighbour) {
+                if let Some(m) = self.members.get(&neighbour) {
+                    wanted.push(m.url.clone());
                 }
             }
         }

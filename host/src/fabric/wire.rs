@@ -74,6 +74,8 @@ pub enum PeerMessage {
         node: String,
         incarnation: u64,
     },
+    /// The sender drops this link on purpose (its partial view has too many): no failure.
+    Unlink,
     /// The sender suspects `node`: does the receiver still hear it?
     Probe {
         node: String,
