@@ -320,7 +320,9 @@ where
     let timing = fabric.config.timing.clone();
     // Silence is checked four times per ping interval, so that it is noticed soon after the
     // link timeout; a ping goes out every fourth check.
-    let mut check = tokio::time::interval(timing.ping / 4);
+    let check_every = timing.ping / 4;
+    let mut last_check = Instant::now();
+    let mut check = tokio::time::interval(check_every);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut checks = 0u64;
     let mut sent_pings: HashMap<u64, Instant> = HashMap::new();
@@ -402,7 +404,17 @@ where
                     tracing::info!(peer = %peer.node, "link cut (fault injection)");
                     break;
                 }
-                if last_heard.elapsed() > timing.link_timeout {
+                // This node itself did not run for a while (stopped, or starved of CPU): the
+                // silence is its own, not the peer's.
+                let lag = last_check.elapsed().saturating_sub(check_every);
+                last_check = Instant::now();
+                if lag > check_every {
+                    last_heard = last_heard.max(Instant::now() - check_every);
+                }
+                // A slow link (a busy machine) gets a longer timeout: ten round trips at least.
+                let rtt = Duration::from_micros(stats.rtt_us.load(Ordering::Relaxed));
+                let timeout = timing.link_timeout.max(rtt * 10);
+                if last_heard.elapsed() > timeout {
                     tracing::warn!(peer = %peer.node, silent_ms = last_heard.elapsed().as_millis() as u64, "peer silent; closing the link");
                     break;
                 }

@@ -204,7 +204,8 @@ impl Fabric {
                 self.broadcast(PeerMessage::Probe { node: node.clone() });
                 let me = self.clone();
                 tokio::spawn(async move {
-                    if me.reach(&node, state::PROBE_WINDOW).await {
+                    let window = me.with_state(|s| s.probe_window());
+                    if me.reach(&node, window).await {
                         me.with_state(|s| s.reached(&node));
                     }
                 });

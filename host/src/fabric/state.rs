@@ -81,7 +81,7 @@ const UNMEASURED_RTT_US: u64 = 1000;
 
 /// How long peers have to vouch for a suspect (or the suspect to answer a call sent through
 /// them) before it is declared dead.
-pub const PROBE_WINDOW: Duration = Duration::from_millis(300);
+const PROBE_WINDOW: Duration = Duration::from_millis(300);
 
 struct Backoff {
     failures: u32,
@@ -606,6 +606,18 @@ impl State {
         }
     }
 
+    /// How long peers have to vouch for a suspect: the probe window, or three round trips of
+    /// the slowest link when the machine is that busy.
+    pub fn probe_window(&self) -> Duration {
+        let slowest = self
+            .links
+            .values()
+            .map(|l| l.stats.rtt_us.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        PROBE_WINDOW.max(Duration::from_micros(slowest) * 3)
+    }
+
     /// A call reached `node` through the fabric: it is alive (even if not linked).
     pub fn reached(&mut self, node: &str) {
         if let Some(member) = self.members.get_mut(node) {
@@ -646,6 +658,7 @@ impl State {
     pub fn plan_maintenance(&mut self, now: Instant, config: &FabricConfig) -> Maintenance {
         let mut plan = Maintenance::default();
         let can_probe = !self.links.is_empty();
+        let window = self.probe_window();
         let mut died = Vec::new();
         for (node, member) in self.members.iter_mut() {
             if member.status != Status::Suspect
@@ -659,7 +672,7 @@ impl State {
                     member.probed = Some(now);
                     plan.probes.push(node.clone());
                 }
-                Some(at) if now.duration_since(at) < PROBE_WINDOW => {}
+                Some(at) if now.duration_since(at) < window => {}
                 _ => {
                     member.status = Status::Dead;
                     member.since = now;
