@@ -683,7 +683,7 @@ impl State {
             }
         }
         for (node, member) in self.members.iter_mut() {
-            if member.verify_at.is_some_and(|at| at <= now) {
+            if window == PROBE_WINDOW && member.verify_at.is_some_and(|at| at <= now) {
                 member.verify_at = None;
                 if member.status == Status::Alive && !self.links.contains_key(node) {
                     plan.verify.push(node.clone());
@@ -692,7 +692,9 @@ impl State {
         }
         // Members no link here watches (a partial view) are checked one at a time, at random,
         // with a call through the fabric: a partition that left them on the other side is found.
-        if now >= self.next_check {
+        // Not while the machine is this busy (a link's round trip over 100 ms): calls through
+        // the fabric would time out and turn a busy fabric into a storm of suspicions.
+        if now >= self.next_check && window == PROBE_WINDOW {
             self.next_check = now + CHECK_UNLINKED;
             let unlinked: Vec<String> = self
                 .members
