@@ -172,6 +172,10 @@ pub struct State {
     next_check: Instant,
     /// Links this node dropped on purpose (their closing is no failure).
     pruned: HashSet<String>,
+    /// Seeds this node has been linked to.
+    seeds_joined: HashSet<String>,
+    /// A member held dead to dial past the bound of the partial view (a partition healing).
+    heal_dial: Option<String>,
     /// Nodes this node refuses to talk to (fault injection in tests).
     pub blocked: HashSet<String>,
     links: HashMap<String, LinkHandle>,
@@ -213,6 +217,8 @@ impl State {
             links_announced: Instant::now(),
             next_check: Instant::now(),
             pruned: HashSet::new(),
+            seeds_joined: HashSet::new(),
+            heal_dial: None,
             links: HashMap::new(),
             members: HashMap::new(),
             records: HashMap::new(),
@@ -296,7 +302,6 @@ impl State {
         tx: mpsc::Sender<PeerMessage>,
         max_mesh: usize,
     ) -> Option<(u64, Arc<LinkStats>, Arc<tokio::sync::Notify>)> {
-        let max_links = self.link_cap(max_mesh);
         if self.blocked.contains(node) {
             return None;
         }
@@ -312,7 +317,7 @@ impl State {
             // The new connection is the one both sides keep: close the other.
             existing.close.notify_one();
             self.links.remove(node);
-        } else if self.links.len() >= max_links {
+        } else if !self.accepts_link(node, max_mesh) {
             return None;
         }
         let id = self.next_link;
@@ -330,6 +335,9 @@ impl State {
             },
         );
         self.backoff.remove(url);
+        if self.seeds.iter().any(|s| s == url) {
+            self.seeds_joined.insert(url.to_string());
+        }
         // The key the node proved is its key: a record held under another one is dropped.
         if self.keys.insert(node.to_string(), key).is_some_and(|old| old != key) {
             self.records.remove(node);
@@ -353,6 +361,19 @@ impl State {
     /// Whether the fabric is larger than a full mesh (this node keeps a partial view).
     fn partial(&self, max_mesh: usize) -> bool {
         self.members.values().filter(|m| Self::is_live(m.status)).count() >= max_mesh
+    }
+
+    /// Whether a link to `node` may be added: below the bound, or a little above it for a ring
+    /// neighbour (which keeps the overlay connected) or a node held dead (a partition healing).
+    pub fn accepts_link(&self, node: &str, max_mesh: usize) -> bool {
+        let cap = self.link_cap(max_mesh);
+        let healing = self
+            .members
+            .get(node)
+            .is_some_and(|m| matches!(m.status, Status::Dead | Status::Left));
+        self.links.contains_key(node)
+            || self.links.len() < cap
+            || (self.links.len() < cap + 2 && (healing || self.ring_neighbours().iter().any(|n| n == node)))
     }
 
     /// Links this node accepts at most.
@@ -727,9 +748,10 @@ impl State {
         } else {
             self.full_mesh_wanted(config.max_mesh)
         };
-        // Seeds are dialed whatever the links already made (by nodes that dialed this one):
-        // they join this node to the rest of the fabric.
-        let seeds = self.unlinked_seeds();
+        // Seeds (and, in a partial view, one member held dead) are dialed whatever the links
+        // already made: they join this node to the rest of the fabric, or heal a partition.
+        let mut seeds = self.unlinked_seeds();
+        seeds.extend(self.heal_dial.take());
         for url in seeds.iter().chain(&wanted) {
             let url = url.clone();
             if url == self.my_url || self.dialing.contains(&url) || plan.dials.contains(&url) {
@@ -818,9 +840,14 @@ impl State {
         wanted
     }
 
-    /// Seeds are kept dialed (with backoff) until linked, so a node whose peers all forgot it,
-    /// or a fabric split for longer than members are remembered, rejoins.
+    /// Seeds are dialed (with backoff) until linked once, and again whenever this node has no
+    /// link at all, so a node whose peers all forgot it, or a fabric split for longer than
+    /// members are remembered, rejoins. (Kept dialed for ever, they would fight the partial view
+    /// of a seed that drops the link.)
     fn unlinked_seeds(&self) -> Vec<String> {
+        if !self.links.is_empty() && self.seeds.iter().all(|s| self.seeds_joined.contains(s)) {
+            return Vec::new();
+        }
         let linked_urls: HashSet<&str> = self
             .links
             .keys()
@@ -830,12 +857,14 @@ impl State {
         self.seeds
             .iter()
             .filter(|s| !linked_urls.contains(s.as_str()))
+            .filter(|s| self.links.is_empty() || !self.seeds_joined.contains(*s))
             .cloned()
             .collect()
     }
 
     /// Partial view: the ring neighbours, suspects (to hear them again), random members up to
-    /// `view` links, and one dead member (so split groups find each other).
+    /// `view` links; and one dead member (so split groups find each other), dialed past the
+    /// bound.
     fn partial_view_wanted(&mut self, view: usize) -> Vec<String> {
         let mut wanted = Vec::new();
         for neighbour in self.ring_neighbours() {
@@ -871,7 +900,7 @@ impl State {
         }
         if !dead.is_empty() {
             let pick = (self.random() % dead.len() as u64) as usize;
-            wanted.push(dead[pick].clone());
+            self.heal_dial = Some(dead[pick].clone());
         }
         wanted
     }
