@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{eventually, fabric_node, no_kwargs, peer_states, servers_of, TestNode};
+use support::{eventually, fabric_node, no_kwargs, peer_states, servers_of, signal, TestNode};
 
 const CONVERGE: Duration = Duration::from_secs(10);
 
@@ -16,15 +16,6 @@ async fn state_of(node: &TestNode, peer: &str) -> Option<String> {
         .into_iter()
         .find(|(id, _)| id == peer)
         .map(|(_, state)| state)
-}
-
-fn signal(node: &TestNode, signal: &str) {
-    let pid = node.process.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args([signal, &pid])
-        .status()
-        .unwrap()
-        .success());
 }
 
 #[tokio::test]

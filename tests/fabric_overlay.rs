@@ -84,12 +84,7 @@ async fn beyond_max_mesh_nodes_keep_a_partial_view_and_calls_travel_through_othe
     assert!(through_others > 0, "every node linked the origin: no partial view");
 
     // The origin dies: its commands leave every catalog, and calls fail clearly.
-    let pid = nodes[0].process.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-KILL", &pid])
-        .status()
-        .unwrap()
-        .success());
+    support::signal(&nodes[0], "-KILL");
     for node in &nodes[1..] {
         assert!(
             eventually(CONVERGE, || async { servers_of(node, "math.add").await.is_empty() }).await,

@@ -235,3 +235,13 @@ pub async fn call_with_locs(node: &TestNode, fun: &str, args: Vec<Value>, locs: 
         .await
         .map_err(|e| e.to_string())
 }
+
+/// Sends `signal` (`-KILL`, `-STOP`, …) to a node's process.
+pub fn signal(node: &TestNode, signal: &str) {
+    let pid = node.process.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
