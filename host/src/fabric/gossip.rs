@@ -30,7 +30,7 @@ impl Fabric {
                 if !comparison.want.is_empty() {
                     let _ = tx.try_send(PeerMessage::Want { nodes: comparison.want });
                 }
-                for record in comparison.push {
+                if let Some(record) = comparison.own {
                     let _ = tx.try_send(PeerMessage::Record(record));
                 }
                 if let Some(incarnation) = comparison.refute {

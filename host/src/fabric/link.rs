@@ -124,6 +124,24 @@ where
     reason
 }
 
+/// What the other side of a handshake failed to prove over `transcript`, if anything: the
+/// cluster secret (`proof`), or holding the key it named (`signature`).
+fn unproven(
+    secret: &[u8],
+    transcript: &[u8],
+    proof: &[u8; 32],
+    key: &[u8; 32],
+    signature: &[u8],
+) -> Option<&'static str> {
+    if !auth::verify(&auth::proof(secret, transcript), proof) {
+        Some("failed the cluster-secret proof")
+    } else if !identity::verify(key, transcript, signature) {
+        Some("did not sign with the key it named")
+    } else {
+        None
+    }
+}
+
 async fn dialer_handshake<S>(fabric: &Fabric, ws: &mut WebSocketStream<S>) -> Result<Peer, String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -163,11 +181,8 @@ where
             };
             let them = auth::Party { node: &node, key: &key };
             let theirs = auth::transcript("listener", &my_nonce, &nonce, me, them);
-            if !auth::verify(&auth::proof(&config.secret, &theirs), &proof) {
-                return Err(refuse(ws, format!("peer `{node}` failed the cluster-secret proof")).await);
-            }
-            if !identity::verify(&key, &theirs, &signature) {
-                return Err(refuse(ws, format!("peer `{node}` did not sign with the key it named")).await);
+            if let Some(failed) = unproven(&config.secret, &theirs, &proof, &key, &signature) {
+                return Err(refuse(ws, format!("peer `{node}` {failed}")).await);
             }
             let mine = auth::transcript("dialer", &my_nonce, &nonce, me, them);
             send(
@@ -252,11 +267,8 @@ where
     match receive(ws).await? {
         PeerMessage::Proof { proof, signature } => {
             let theirs = auth::transcript("dialer", &dialer_nonce, &my_nonce, them, me);
-            if !auth::verify(&auth::proof(&config.secret, &theirs), &proof) {
-                return Err(refuse(ws, format!("node `{node}` at {url} failed the cluster-secret proof")).await);
-            }
-            if !identity::verify(&key, &theirs, &signature) {
-                return Err(refuse(ws, format!("node `{node}` at {url} did not sign with the key it named")).await);
+            if let Some(failed) = unproven(&config.secret, &theirs, &proof, &key, &signature) {
+                return Err(refuse(ws, format!("node `{node}` at {url} {failed}")).await);
             }
             Ok(Peer { node, url, key })
         }

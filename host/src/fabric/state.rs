@@ -141,7 +141,7 @@ pub struct Comparison {
     /// Records the peer holds newer.
     pub want: Vec<String>,
     /// This node's record, when the peer lacks it or holds it older.
-    pub push: Vec<NodeRecord>,
+    pub own: Option<NodeRecord>,
     /// The peer holds this node dead: refute it.
     pub refute: Option<u64>,
     /// Deaths learned from the peer.
@@ -555,7 +555,7 @@ impl State {
             }
         } else if theirs.get(self.me.as_str()).is_none_or(|v| *v < self.local_version) {
             if let PeerMessage::Record(record) = self.own_record_message() {
-                out.push.push(record);
+                out.own = Some(record);
             }
         }
         for (node, incarnation) in dead {
@@ -845,9 +845,6 @@ impl State {
     /// members are remembered, rejoins. (Kept dialed for ever, they would fight the partial view
     /// of a seed that drops the link.)
     fn unlinked_seeds(&self) -> Vec<String> {
-        if !self.links.is_empty() && self.seeds.iter().all(|s| self.seeds_joined.contains(s)) {
-            return Vec::new();
-        }
         let linked_urls: HashSet<&str> = self
             .links
             .keys()
@@ -1002,8 +999,15 @@ impl State {
     pub fn next_hop(&mut self, target: &str, path: &[String]) -> Option<Route> {
         let via = if self.links.contains_key(target) {
             Some((target.to_string(), 1))
+        } else if let Some(cached) = self
+            .routes()
+            .get(target)
+            .filter(|(via, _)| !path.contains(via))
+            .cloned()
+        {
+            Some(cached)
         } else if path.is_empty() {
-            self.routes().get(target).cloned()
+            None
         } else {
             let avoid: HashSet<&str> = path.iter().map(String::as_str).chain([self.me.as_str()]).collect();
             self.compute_routes(&avoid).remove(target)
