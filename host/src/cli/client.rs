@@ -114,11 +114,14 @@ pub async fn peers(args: FabricArgs) -> anyhow::Result<ExitCode> {
         text(&report["url"])
     );
     for peer in report["peers"].as_array().into_iter().flatten() {
-        let rtt = peer["rtt_us"]
-            .as_u64()
-            .map_or("-".to_string(), |us| format!("{:.2} ms", us as f64 / 1000.0));
+        // A linked peer shows its round-trip time; another, the link its calls leave on.
+        let path = match (peer["rtt_us"].as_u64(), peer["via"].as_str()) {
+            (Some(us), _) => format!("rtt {:.2} ms", us as f64 / 1000.0),
+            (None, Some(via)) => format!("via {via} ({} hops)", peer["hops"].as_u64().unwrap_or(0)),
+            (None, None) => "unreachable".to_string(),
+        };
         println!(
-            "  {}  {}  {}  rtt {rtt}  commands {}",
+            "  {}  {}  {}  {path}  commands {}",
             text(&peer["node"]),
             text(&peer["state"]),
             text(&peer["url"]),
