@@ -345,11 +345,48 @@ impl Fabric {
         };
         request.path.push(me.clone());
         request.hops -= 1;
-        match self.exchange(&route, request, deadline).await {
+        let avoid = request.path.clone();
+        let (outcome, route) = self.exchange_routed(route, request, deadline, avoid).await;
+        match outcome {
             Exchange::Answered(outcome) => outcome,
             Exchange::NotSent => Err(unreachable(format!("the link to `{}` closed", route.via))),
             other => Err(to_wire(other.into_error(&fun, &route, budget))),
         }
+    }
+
+    /// Sends a call on `route`; when it goes through another node and found no path from there
+    /// (or its link closed before it was sent), tries other first links (never one in `avoid`),
+    /// up to three in all. Records that show links lag a little (after a partition heals, say).
+    /// Returns the outcome and the route it came by.
+    async fn exchange_routed(
+        &self,
+        mut route: Route,
+        request: CallRequest,
+        deadline: Instant,
+        mut avoid: Vec<String>,
+    ) -> (Exchange, Route) {
+        for _ in 1..ROUTE_ATTEMPTS {
+            // A call sent straight to its target is not re-routed (and not copied).
+            if route.via == route.target {
+                break;
+            }
+            let outcome = self.exchange(&route, request.clone(), deadline).await;
+            let no_path = match &outcome {
+                Exchange::NotSent => true,
+                Exchange::Answered(Err(error)) => error.kind == UNREACHABLE,
+                _ => false,
+            };
+            if !no_path {
+                return (outcome, route);
+            }
+            avoid.push(route.via.clone());
+            match self.with_state(|s| s.next_hop(&route.target, &avoid)) {
+                Some(next) => route = next,
+                None => return (outcome, route),
+            }
+        }
+        let outcome = self.exchange(&route, request, deadline).await;
+        (outcome, route)
     }
 
     /// Sends a call on `route` and waits for its reply until `deadline`.
@@ -446,7 +483,9 @@ impl Fabric {
                 path: vec![self.config.node_id.clone()],
                 hops: MAX_HOPS,
             };
-            match self.exchange(&route, request, context.deadline).await {
+            let avoid = vec![self.config.node_id.clone()];
+            let (outcome, route) = self.exchange_routed(route, request, context.deadline, avoid).await;
+            match outcome {
                 Exchange::Answered(Ok(value)) => return Ok(value),
                 // The replica no longer serves it (withdrawn meanwhile), or no path reached it:
                 // it did not run; try another.
@@ -465,6 +504,9 @@ impl Fabric {
 /// How long a check of a member no link watches may take (a busy fabric answers slowly; a
 /// failed check only makes the member a suspect, which is then probed).
 const CHECK_DEADLINE: Duration = Duration::from_secs(1);
+
+/// First links a call for a node not linked directly is tried on.
+const ROUTE_ATTEMPTS: usize = 3;
 
 /// The error kind of a call that found no path to its target (it did not run).
 const UNREACHABLE: &str = "unreachable";
