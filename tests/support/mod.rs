@@ -134,6 +134,7 @@ where
 /// outcome: the result, or the error code.
 pub struct Caller {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<Vec<Result<Value, i64>>>,
 }
 
@@ -141,7 +142,8 @@ impl Caller {
     pub async fn start(url: &str, fun: &str, args: Vec<Value>) -> Caller {
         let client = Client::connect(url).await.unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (flag, count) = (stop.clone(), done.clone());
         let fun = fun.to_string();
         let task = tokio::spawn(async move {
             let mut outcomes = Vec::new();
@@ -152,15 +154,21 @@ impl Caller {
                     Err(e) => panic!("the connection failed: {e}"),
                 };
                 outcomes.push(outcome);
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             outcomes
         });
-        Caller { stop, task }
+        Caller { stop, done, task }
     }
 
-    /// Stops calling and returns every outcome, in order.
+    /// Stops calling and returns every outcome, in order. The caller first completes two more calls, so the
+    /// last one was sent after this was asked and sees the node as it is now.
     pub async fn finish(self) -> Vec<Result<Value, i64>> {
+        let seen = self.done.load(std::sync::atomic::Ordering::Relaxed);
+        while self.done.load(std::sync::atomic::Ordering::Relaxed) < seen + 2 && !self.task.is_finished() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.task.await.unwrap()
     }
