@@ -16,5 +16,6 @@ pub mod node;
 pub mod plugins;
 pub mod rpc;
 pub mod runtime;
+pub mod sdk;
 
 pub use error::CommandError;

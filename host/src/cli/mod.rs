@@ -1,8 +1,9 @@
-//! Command-line interface: `weft node`, `weft call`, `weft request`, `weft plugins`, `weft bench`.
+//! Command-line interface: `weft node`, `weft call`, `weft request`, `weft plugins`, `weft plugin`, `weft bench`.
 
 mod bench;
 mod client;
 mod node;
+mod plugin;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,9 @@ enum Command {
     Catalog(client::FabricArgs),
     /// List a node's plugins: file, digest, state, commands, tags, last error.
     Plugins(client::PluginsArgs),
+    /// Create and build plugins in Rust, Python or JavaScript.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Measure call latency and throughput against the raw WebSocket limit.
     Bench(bench::BenchArgs),
     /// Serve the raw WebSocket JSON echo that `weft bench` compares against.
@@ -58,6 +62,7 @@ pub fn main() -> ExitCode {
             Command::Plugins(args) => client::plugins(args).await,
             Command::Peers(args) => client::peers(args).await,
             Command::Catalog(args) => client::catalog(args).await,
+            Command::Plugin(command) => plugin::run(command).await,
             Command::Bench(args) => bench::run(args).await,
             Command::RawEcho(args) => bench::raw_echo(args).await,
         }
@@ -79,4 +84,13 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Where compiled components are kept between runs: `$XDG_CACHE_HOME/weft/compiled`, else `~/.cache/weft/compiled`.
+fn default_cache_dir() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cache")))?;
+    Some(base.join("weft").join("compiled"))
 }

@@ -90,7 +90,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let cache_dir = match (args.no_cache, args.cache_dir) {
         (true, _) => None,
         (false, Some(dir)) => Some(dir),
-        (false, None) => default_cache_dir(),
+        (false, None) => super::default_cache_dir(),
     };
     let data_dir = args.data_dir.or_else(default_data_dir);
     let node_id = match args.node_id {
@@ -149,14 +149,6 @@ fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = terminate.recv() => {}
         }
     })
-}
-
-fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
-    Some(base.join("weft").join("compiled"))
 }
 
 fn default_data_dir() -> Option<PathBuf> {

@@ -1,0 +1,107 @@
+//! `weft plugin new` and `weft plugin build`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use weft::config::Limits;
+use weft::runtime::Runtime;
+use weft::sdk::{self, Lang};
+
+#[derive(Subcommand)]
+pub enum PluginCommand {
+    /// Create a ready-to-build plugin in a new directory.
+    New(NewArgs),
+    /// Build a plugin's source into a component and check it against the contract.
+    Build(BuildArgs),
+}
+
+#[derive(Args)]
+pub struct NewArgs {
+    /// The plugin's name; its commands are named `NAME.COMMAND`.
+    name: String,
+    /// The language to write it in.
+    #[arg(long, value_enum)]
+    lang: Lang,
+    /// The directory to create [default: ./NAME].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// The plugin's directory: a Cargo crate, or NAME.py or NAME.js in a directory called NAME.
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// Where to write the component [default: ./NAME.wasm]. Written by rename, so it may be a
+    /// node's plugin directory.
+    #[arg(short, long)]
+    out: Option<PathBuf>,
+    /// The compile cache the check fills, so a node using the same cache loads the component
+    /// without compiling it again [default: as `weft node`].
+    #[arg(long, env = "WEFT_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+pub async fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PluginCommand::New(args) => new(args),
+        PluginCommand::Build(args) => build(args).await,
+    }
+}
+
+fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));
+    let files = sdk::scaffold(&dir, &args.name, args.lang).context("creating the plugin")?;
+    println!("created the {} plugin {} in {}:", args.lang, args.name, dir.display());
+    for file in files {
+        println!("  {}", file.display());
+    }
+    println!("build it with: weft plugin build {} -o PLUGIN_DIR/{}.wasm", dir.display(), args.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let (dir, out) = (args.dir.clone(), args.out.clone());
+    let built = tokio::task::spawn_blocking(move || sdk::build(&dir, out.as_deref()))
+        .await
+        .context("the build task failed")?
+        .with_context(|| format!("building {}", args.dir.display()))?;
+    let bytes = tokio::fs::read(&built.path)
+        .await
+        .with_context(|| format!("reading {}", built.path.display()))?;
+    let size = bytes.len();
+    let limits = Limits {
+        max_instances: 2,
+        ..Limits::default()
+    };
+    let cache_dir = args.cache_dir.or_else(super::default_cache_dir);
+    let runtime = Runtime::new(limits, cache_dir).context("starting the runtime")?;
+    let plugin = match runtime.load(&built.name, bytes).await {
+        Ok(plugin) => plugin,
+        Err(e) => {
+            eprintln!("error: {} does not fit the plugin contract: {e}", built.path.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    println!(
+        "built {} ({}, {:.1} MB, compiled in {} ms):",
+        built.path.display(),
+        built.lang,
+        size as f64 / 1e6,
+        plugin.compile_time().as_millis()
+    );
+    for command in plugin.commands() {
+        println!(
+            "  {}({}) v{} [{}] {}",
+            command.name,
+            command.params.join(", "),
+            command.version,
+            command.resources.join(", "),
+            command.description
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
