@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{eventually, install_bytes, install_plugin, plugin_file, plugin_report, Caller, TestNode};
+use support::{all_ok, eventually, install_bytes, install_plugin, plugin_file, plugin_report, Caller, TestNode};
 use weft::net::Client;
 
 const CHANGE: Duration = Duration::from_secs(10);
@@ -17,18 +17,6 @@ async fn hello(client: &Client) -> Result<Value, String> {
         .call("greeter.hello", vec![json!("ada")], support::no_kwargs(), &[])
         .await
         .map_err(|e| e.to_string())
-}
-
-/// Every outcome succeeded.
-fn all_ok(outcomes: &[Result<Value, i64>]) {
-    assert!(!outcomes.is_empty());
-    let failed: Vec<_> = outcomes.iter().filter(|o| o.is_err()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} calls failed: {failed:?}",
-        failed.len(),
-        outcomes.len()
-    );
 }
 
 #[tokio::test]

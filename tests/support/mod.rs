@@ -174,6 +174,18 @@ impl Caller {
     }
 }
 
+/// Every outcome of a [`Caller`] succeeded (and there was at least one).
+pub fn all_ok(outcomes: &[Result<Value, i64>]) {
+    assert!(!outcomes.is_empty());
+    let failed: Vec<_> = outcomes.iter().filter(|o| o.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed: {failed:?}",
+        failed.len(),
+        outcomes.len()
+    );
+}
+
 /// The node's `weft.plugins` report of plugin `name`.
 pub async fn plugin_report(client: &Client, name: &str) -> Value {
     let report = client.call("weft.plugins", vec![], Map::new(), &[]).await.unwrap();
@@ -252,4 +264,33 @@ pub fn signal(node: &TestNode, signal: &str) {
         .status()
         .unwrap()
         .success());
+}
+
+/// The compile cache `scripts/build-plugins` fills when it builds the Python and JavaScript
+/// plugins; nodes given it load those large components without compiling them again.
+pub fn built_compile_cache() -> PathBuf {
+    std::env::var_os("WEFT_PLUGINS_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("plugins/target"))
+        .join("compiled")
+}
+
+/// Starts a node serving copies of the named plugins from the built compile cache.
+pub async fn warm_node(plugins: &[&str], extra_args: &[&str]) -> TestNode {
+    let cache = format!("--cache-dir={}", built_compile_cache().display());
+    let mut args = vec![cache.as_str()];
+    args.extend_from_slice(extra_args);
+    TestNode::start(plugins, &args).await
+}
+
+/// The outcome of calling `fun` with positional and keyword arguments: the result, or the error's
+/// code and details.
+pub async fn outcome(client: &Client, fun: &str, args: Value, kwargs: Value) -> Result<Value, (i64, String)> {
+    let args = args.as_array().cloned().unwrap_or_default();
+    let kwargs = kwargs.as_object().cloned().unwrap_or_default();
+    match client.call(fun, args, kwargs, &[]).await {
+        Ok(value) => Ok(value),
+        Err(weft::net::ClientError::Remote { code, details, .. }) => Err((code, details)),
+        Err(e) => panic!("the connection failed: {e}"),
+    }
 }

@@ -59,7 +59,11 @@ fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
     for file in files {
         println!("  {}", file.display());
     }
-    println!("build it with: weft plugin build {} -o PLUGIN_DIR/{}.wasm", dir.display(), args.name);
+    println!(
+        "build it with: weft plugin build {} -o PLUGIN_DIR/{}.wasm",
+        dir.display(),
+        args.name
+    );
     Ok(ExitCode::SUCCESS)
 }
 

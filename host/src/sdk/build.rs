@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::{
-    detect, io, Lang, SdkError, COMPONENTIZE_JS_VERSION, COMPONENTIZE_PY_VERSION, JS_SDK, PYTHON_SDK, RUST_TARGET,
-    WIT, WORLD,
+    detect, io, Lang, SdkError, COMPONENTIZE_JS_VERSION, COMPONENTIZE_PY_VERSION, JS_SDK, PYTHON_SDK, RUST_TARGET, WIT,
+    WORLD,
 };
 
 /// A component a build produced.
@@ -28,7 +28,9 @@ pub fn build(dir: &Path, out: Option<&Path>) -> Result<Built, SdkError> {
         Lang::Python => (name.clone(), build_python(dir, &name, work.path())?),
         Lang::Js => (name.clone(), build_js(dir, &name, work.path())?),
     };
-    let out = out.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(format!("{name}.wasm")));
+    let out = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(format!("{name}.wasm")));
     place(&component, &out)?;
     Ok(Built { name, lang, path: out })
 }
@@ -40,7 +42,10 @@ fn place(from: &Path, to: &Path) -> Result<(), SdkError> {
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent).map_err(io("creating", &parent))?;
-    let file_name = to.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = to
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let staging = parent.join(format!(".{file_name}.partial"));
     std::fs::copy(from, &staging).map_err(io("writing", &staging))?;
     std::fs::rename(&staging, to).map_err(io("renaming into", to))
@@ -115,16 +120,32 @@ fn build_rust(dir: &Path) -> Result<(String, PathBuf), SdkError> {
     }
     let manifest = dir.join("Cargo.toml");
     let output = Command::new("cargo")
-        .args(["build", "--release", "--target", RUST_TARGET, "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            RUST_TARGET,
+            "--message-format=json-render-diagnostics",
+        ])
         .arg("--manifest-path")
         .arg(&manifest)
         .stderr(Stdio::inherit())
         .output()
-        .map_err(|e| missing_or_io(e, "cargo", Lang::Rust, "https://rustup.rs, then rustup target add wasm32-wasip2"))?;
+        .map_err(|e| {
+            missing_or_io(
+                e,
+                "cargo",
+                Lang::Rust,
+                "https://rustup.rs, then rustup target add wasm32-wasip2",
+            )
+        })?;
     if !output.status.success() {
         return Err(SdkError::ToolFailed {
             tool: "cargo",
-            code: output.status.code().map_or_else(|| "by a signal".into(), |c| c.to_string()),
+            code: output
+                .status
+                .code()
+                .map_or_else(|| "by a signal".into(), |c| c.to_string()),
         });
     }
     // The last cdylib artifact that is a `.wasm` file is the component.
@@ -201,7 +222,17 @@ fn build_js(dir: &Path, name: &str, work: &Path) -> Result<PathBuf, SdkError> {
         &install,
         Command::new("componentize-js")
             .current_dir(&src)
-            .args(["weft-entry.js", "-w", "../wit", "-n", WORLD, "-d", "http", "fetch-event", "-o"])
+            .args([
+                "weft-entry.js",
+                "-w",
+                "../wit",
+                "-n",
+                WORLD,
+                "-d",
+                "http",
+                "fetch-event",
+                "-o",
+            ])
             .arg(&out),
     )?;
     Ok(out)

@@ -19,7 +19,10 @@ pub fn scaffold(dir: &Path, name: &str, language: Lang) -> Result<Vec<PathBuf>, 
                 (PathBuf::from("src/lib.rs"), RUST_LIB.replace("@NAME@", name)),
             ]
         }
-        Lang::Python => vec![(PathBuf::from(format!("{name}.py")), PYTHON_MODULE.replace("@NAME@", name))],
+        Lang::Python => vec![(
+            PathBuf::from(format!("{name}.py")),
+            PYTHON_MODULE.replace("@NAME@", name),
+        )],
         Lang::Js => vec![(PathBuf::from(format!("{name}.js")), JS_MODULE.replace("@NAME@", name))],
     };
     let mut written = Vec::new();
