@@ -148,3 +148,24 @@ async fn a_python_plugin_hot_reloads_without_a_failed_call() {
         .iter()
         .all(|o| o == &Ok(json!("hello ada from python v2"))));
 }
+
+#[tokio::test]
+async fn warm_instances_keep_module_state_unless_the_sidecar_asks_for_fresh_ones() {
+    let node = warm_node(&["pygreeter-v1"], &[]).await;
+    let client = node.client().await;
+    let count = || async { outcome(&client, "pygreeter.calls", json!([]), json!({})).await.unwrap() };
+    // One caller, one call at a time: the same warm instance serves each call.
+    let first = count().await.as_i64().unwrap();
+    assert_eq!(count().await, json!(first + 1));
+    assert_eq!(count().await, json!(first + 2));
+
+    std::fs::write(
+        node.dir.path().join("pygreeter-v1.toml"),
+        "[limits]\ninstance_reuse = 1\n",
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(10), || async { count().await == json!(1) }).await);
+    for _ in 0..5 {
+        assert_eq!(count().await, json!(1), "a fresh instance serves every call");
+    }
+}

@@ -88,6 +88,7 @@ fn context(limits: &Limits) -> CallContext {
         budget: Duration::from_secs(5),
         depth: 0,
         memory_limit_bytes: limits.memory_limit_bytes,
+        instance_reuse: limits.instance_reuse,
     }
 }
 

@@ -25,9 +25,34 @@ async fn main() -> anyhow::Result<()> {
     let math = std::fs::read(repo.join("build/plugins/math.wasm"))
         .map_err(|e| anyhow::anyhow!("build/plugins/math.wasm: {e} (run scripts/build-plugins)"))?;
 
+    let rust = Probe {
+        file: "math.wasm",
+        command: "math.add",
+        args: json!([1, 2]),
+    };
     for (label, cache) in [("cold (no cache)", false), ("warm cache", true)] {
-        let times = drop_to_first_call(&math, cache).await?;
-        println!("drop → first call, {label}: {}", summary(&times));
+        let times = drop_to_first_call(&math, &rust, cache, ROUNDS).await?;
+        println!(
+            "drop → first call, Rust math.wasm ({} KB), {label}: {}",
+            math.len() / 1000,
+            summary(&times)
+        );
+    }
+    // The Python example (componentize-py): about 18 MB, most of it the interpreter.
+    if let Ok(textstats) = std::fs::read(repo.join("build/plugins/textstats.wasm")) {
+        let python = Probe {
+            file: "textstats.wasm",
+            command: "textstats.summary",
+            args: json!(["one two"]),
+        };
+        for (label, cache, rounds) in [("cold (no cache)", false, 3), ("warm cache", true, ROUNDS)] {
+            let times = drop_to_first_call(&textstats, &python, cache, rounds).await?;
+            println!(
+                "drop → first call, Python textstats.wasm ({:.1} MB), {label}: {}",
+                textstats.len() as f64 / 1e6,
+                summary(&times)
+            );
+        }
     }
 
     let (empty, twenty) = startup(&math).await?;
@@ -87,51 +112,62 @@ fn install(dir: &Path, bytes: &[u8], name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn drop_to_first_call(math: &[u8], cache: bool) -> anyhow::Result<Vec<Duration>> {
+/// A plugin file and a call that succeeds once the plugin serves.
+struct Probe {
+    file: &'static str,
+    command: &'static str,
+    args: serde_json::Value,
+}
+
+async fn drop_to_first_call(
+    component: &[u8],
+    probe: &Probe,
+    cache: bool,
+    rounds: usize,
+) -> anyhow::Result<Vec<Duration>> {
     let dir = tempfile::tempdir()?;
     let cache_dir = tempfile::tempdir()?;
     let node = start(dir.path(), cache.then_some(cache_dir.path())).await?;
     let client = Client::connect(node.url()).await?;
     if cache {
         // Fill the cache once.
-        install(dir.path(), math, "math.wasm")?;
-        wait_for(&client, true).await?;
-        std::fs::remove_file(dir.path().join("math.wasm"))?;
-        wait_for(&client, false).await?;
+        install(dir.path(), component, probe.file)?;
+        wait_for(&client, probe, true).await?;
+        std::fs::remove_file(dir.path().join(probe.file))?;
+        wait_for(&client, probe, false).await?;
     }
     let mut times = Vec::new();
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         // Cold: a new digest every round, so nothing can be reused.
         let bytes = if cache {
-            math.to_vec()
+            component.to_vec()
         } else {
-            variant(math, round as u32)
+            variant(component, round as u32)
         };
         let started = Instant::now();
-        install(dir.path(), &bytes, "math.wasm")?;
-        wait_for(&client, true).await?;
+        install(dir.path(), &bytes, probe.file)?;
+        wait_for(&client, probe, true).await?;
         times.push(started.elapsed());
-        std::fs::remove_file(dir.path().join("math.wasm"))?;
-        wait_for(&client, false).await?;
+        std::fs::remove_file(dir.path().join(probe.file))?;
+        wait_for(&client, probe, false).await?;
     }
     Ok(times)
 }
 
-/// Polls `math.add` every millisecond until it is (or is no longer) served.
-async fn wait_for(client: &Client, served: bool) -> anyhow::Result<()> {
-    let until = Instant::now() + Duration::from_secs(30);
+/// Polls the probe's call every millisecond until it succeeds (or no longer does).
+async fn wait_for(client: &Client, probe: &Probe, served: bool) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(60);
+    let args = probe.args.as_array().cloned().unwrap_or_default();
     while Instant::now() < until {
-        let ok = client
-            .call("math.add", vec![json!(1), json!(2)], Map::new(), &[])
-            .await
-            .is_ok();
+        let ok = client.call(probe.command, args.clone(), Map::new(), &[]).await.is_ok();
         if ok == served {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     anyhow::bail!(
-        "math.add did not become {}",
+        "{} did not become {}",
+        probe.command,
         if served { "served" } else { "withdrawn" }
     )
 }

@@ -62,6 +62,18 @@ fn add_request(u: u64) -> String {
     )
 }
 
+fn python_request(u: u64) -> String {
+    format!(
+        r#"{{"role":"rpc","u":"{u}","cmds":[{{"name":"r","fun":"textstats.summary","args":["The cat sat. The cat ran away!"],"kwargs":{{}},"locs":[]}}]}}"#
+    )
+}
+
+fn js_request(u: u64) -> String {
+    format!(
+        r#"{{"role":"rpc","u":"{u}","cmds":[{{"name":"r","fun":"reshape.pick","args":[{{"id":7,"name":"ada"}},["name"]],"kwargs":{{}},"locs":[]}}]}}"#
+    )
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("locating the weft binary")?;
     let startup = Duration::from_secs(120);
@@ -87,7 +99,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     wait_for_route(hub.url()).await?;
     let duration = Duration::from_secs_f64(args.seconds.max(0.1));
 
-    let targets = [
+    let mut targets = vec![
         Target {
             label: LIMIT,
             url: raw.url(),
@@ -109,9 +121,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             request: add_request,
         },
     ];
+    // The Python and JavaScript examples, when the plugin directory has them.
+    if args.plugins.join("textstats.wasm").is_file() {
+        targets.push(Target {
+            label: "weft Python plugin `textstats.summary`",
+            url: node.url(),
+            request: python_request,
+        });
+    }
+    if args.plugins.join("reshape.wasm").is_file() {
+        targets.push(Target {
+            label: "weft JavaScript plugin `reshape.pick`",
+            url: node.url(),
+            request: js_request,
+        });
+    }
     let mut rows: Vec<(&str, usize, Stats)> = Vec::new();
     for &in_flight in &args.in_flight {
-        for &Target { label, url, request } in &targets {
+        for &Target { label, url, request } in targets.iter() {
             let stats = measure(url, request, in_flight, duration).await?;
             if stats.errors > 0 {
                 anyhow::bail!("{label}: {} of {} calls failed", stats.errors, stats.calls);
@@ -138,7 +165,34 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             100.0 * stats.calls_per_sec / limit
         );
     }
+    warm_instances(node.url()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints each plugin's warm instances after the runs and the linear memory each holds.
+async fn warm_instances(url: &str) -> anyhow::Result<()> {
+    let client = weft::net::Client::connect(url).await?;
+    let report = client
+        .call("weft.plugins", vec![], serde_json::Map::new(), &[])
+        .await
+        .context("asking for the plugin report")?;
+    println!();
+    println!("| plugin | warm instances | linear memory per warm instance |");
+    println!("|---|---:|---:|");
+    for plugin in report.as_array().into_iter().flatten() {
+        let count = plugin["warm_instances"].as_u64().unwrap_or(0);
+        let bytes = plugin["warm_memory_bytes"].as_u64().unwrap_or(0);
+        let per = if count > 0 {
+            bytes as f64 / count as f64 / f64::from(1 << 20)
+        } else {
+            0.0
+        };
+        println!(
+            "| {} | {count} | {per:.1} MiB |",
+            plugin["name"].as_str().unwrap_or("-")
+        );
+    }
+    Ok(())
 }
 
 /// Waits until `math.add` can be called through the node at `url`.

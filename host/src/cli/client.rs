@@ -64,8 +64,12 @@ pub async fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
             (Some(origin), Some(ms)) => format!("{origin} {ms:.1} ms"),
             _ => "-".into(),
         };
+        let warm = match (plugin["warm_instances"].as_u64(), plugin["warm_memory_bytes"].as_u64()) {
+            (Some(n), Some(bytes)) if n > 0 => format!("  warm {n} ({:.1} MiB)", bytes as f64 / f64::from(1 << 20)),
+            _ => String::new(),
+        };
         println!(
-            "{}  {}  {digest}  {origin}  {}",
+            "{}  {}  {digest}  {origin}  {}{warm}",
             text(&plugin["name"]),
             text(&plugin["state"]),
             text(&plugin["file"])

@@ -312,6 +312,7 @@ impl Fabric {
             budget,
             depth: request.depth,
             memory_limit_bytes: limits.memory_limit_bytes,
+            instance_reuse: limits.instance_reuse,
         };
         let selector = Selector {
             locs: request.locs,

@@ -278,6 +278,7 @@ impl PluginDir {
                 })
             })
             .collect();
+        let warm = entry.plugin.as_ref().map_or((0, 0), |p| p.warm());
         PluginReport {
             name: name.to_string(),
             file: self.dir.join(format!("{name}.wasm")).display().to_string(),
@@ -288,6 +289,8 @@ impl PluginDir {
             description: entry.manifest.description.clone(),
             commands,
             last_error: (!errors.is_empty()).then(|| errors.join("; ")),
+            warm_instances: warm.0,
+            warm_memory_bytes: warm.1,
         }
     }
 

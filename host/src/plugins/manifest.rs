@@ -42,6 +42,8 @@ pub struct ManifestLimits {
     pub memory_mb: Option<u64>,
     pub deadline_ms: Option<u64>,
     pub max_instances: Option<u32>,
+    /// Calls one instance serves before a fresh one replaces it (1: a fresh instance per call).
+    pub instance_reuse: Option<u32>,
 }
 
 fn enabled_by_default() -> bool {
@@ -67,7 +69,11 @@ impl Manifest {
             return Err("`resources` holds an empty tag".into());
         }
         let limits = &manifest.limits;
-        if limits.memory_mb == Some(0) || limits.deadline_ms == Some(0) || limits.max_instances == Some(0) {
+        if limits.memory_mb == Some(0)
+            || limits.deadline_ms == Some(0)
+            || limits.max_instances == Some(0)
+            || limits.instance_reuse == Some(0)
+        {
             return Err("a limit of 0 would make the plugin unusable; remove the key to use the node's".into());
         }
         if limits.memory_mb.is_some_and(|mb| mb > 1 << 20) {
@@ -88,6 +94,7 @@ impl Manifest {
                 .memory_mb
                 .map_or(node.memory_limit_bytes, |mb| (mb as usize) << 20),
             concurrency: self.limits.max_instances.map(|n| Arc::new(Semaphore::new(n as usize))),
+            instance_reuse: self.limits.instance_reuse.unwrap_or(node.instance_reuse),
         })
     }
 }
@@ -99,6 +106,8 @@ pub struct PluginSettings {
     pub memory_limit_bytes: usize,
     /// Calls of this plugin that may run at once, when limited.
     pub concurrency: Option<Arc<Semaphore>>,
+    /// Calls one instance serves before it is replaced.
+    pub instance_reuse: u32,
 }
 
 #[cfg(test)]
@@ -108,7 +117,7 @@ mod tests {
     #[test]
     fn full_manifest_parses() {
         let m = Manifest::parse(
-            "description = \"d\"\nresources = [\"a\", \"b\"]\nenabled = false\n[limits]\nmemory_mb = 8\ndeadline_ms = 50\nmax_instances = 2\n",
+            "description = \"d\"\nresources = [\"a\", \"b\"]\nenabled = false\n[limits]\nmemory_mb = 8\ndeadline_ms = 50\nmax_instances = 2\ninstance_reuse = 1\n",
         )
         .unwrap();
         assert_eq!(m.resources, vec!["a", "b"]);
@@ -117,6 +126,7 @@ mod tests {
         assert_eq!(s.deadline, Duration::from_millis(50));
         assert_eq!(s.memory_limit_bytes, 8 << 20);
         assert_eq!(s.concurrency.as_ref().map(|c| c.available_permits()), Some(2));
+        assert_eq!(s.instance_reuse, 1);
     }
 
     #[test]
@@ -127,6 +137,7 @@ mod tests {
         let s = m.settings(&node);
         assert_eq!(s.deadline, node.call_deadline);
         assert!(s.concurrency.is_none());
+        assert_eq!(s.instance_reuse, node.instance_reuse);
     }
 
     #[test]

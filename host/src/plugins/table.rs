@@ -58,6 +58,9 @@ pub struct PluginReport {
     pub description: Option<String>,
     pub commands: Vec<CommandReport>,
     pub last_error: Option<String>,
+    /// Idle instances kept warm for the next calls, and the linear memory they hold.
+    pub warm_instances: usize,
+    pub warm_memory_bytes: usize,
 }
 
 /// One command in a [`PluginReport`].

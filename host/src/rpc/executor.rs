@@ -264,6 +264,7 @@ impl Executor {
             budget: self.limits.call_deadline,
             depth: 0,
             memory_limit_bytes: self.limits.memory_limit_bytes,
+            instance_reuse: self.limits.instance_reuse,
         }
     }
 
@@ -341,6 +342,7 @@ impl Executor {
         };
         let context = CallContext {
             memory_limit_bytes: settings.memory_limit_bytes,
+            instance_reuse: settings.instance_reuse,
             ..context
         };
         let _slot = match &settings.concurrency {

@@ -59,6 +59,15 @@ impl IdlePool {
         inner.by_plugin.entry(plugin).or_default().push(warm);
     }
 
+    /// How many instances of `plugin` are idle, and the linear memory they hold in bytes.
+    pub(crate) fn held_by(&self, plugin: u64) -> (usize, usize) {
+        let Ok(inner) = self.inner.lock() else { return (0, 0) };
+        inner.by_plugin.get(&plugin).map_or((0, 0), |warm| {
+            let bytes = warm.iter().map(|w| w.store.data().limiter.current).sum();
+            (warm.len(), bytes)
+        })
+    }
+
     /// Drops one idle instance, of any plugin; false when none is idle.
     pub(crate) fn evict_one(&self) -> bool {
         let evicted = {

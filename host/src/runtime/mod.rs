@@ -55,4 +55,6 @@ pub struct CallContext {
     pub depth: u32,
     /// Linear memory the serving instance may use.
     pub memory_limit_bytes: usize,
+    /// Calls the serving instance may serve before it is replaced (1: a fresh instance per call).
+    pub instance_reuse: u32,
 }

@@ -1,6 +1,7 @@
 //! A loaded plugin: its compiled component, its commands and its warm instances.
 //!
-//! Instance strategy: an instance serves up to `instance_reuse` calls (see `config.rs`), one
+//! Instance strategy: an instance serves up to `instance_reuse` calls (the node's, or its
+//! sidecar's `limits.instance_reuse`), one
 //! call at a time, and is discarded at once after a trap, a deadline or a memory-limit hit,
 //! so a broken instance never serves again. Warm reuse keeps a plugin's globals between its
 //! own calls (never between plugins); `WEFT_INSTANCE_REUSE=1` gives every call a fresh
@@ -112,7 +113,8 @@ impl Plugin {
             name: name.clone(),
             reason,
         })?;
-        plugin.release(warm);
+        let reuse = plugin.shared.limits.instance_reuse;
+        plugin.release(warm, reuse);
         drop(permit);
         Ok(plugin)
     }
@@ -205,6 +207,7 @@ impl Plugin {
         }
         warm.store.set_epoch_deadline(1);
         warm.uses += 1;
+        let reuse = context.instance_reuse;
         let ticking = self.shared.ticker.ticking();
         let result = warm
             .bindings
@@ -214,11 +217,11 @@ impl Plugin {
         let scope = warm.store.data_mut().scope.take();
         match result {
             Ok(Ok(json)) => {
-                self.release(warm);
+                self.release(warm, reuse);
                 Ok(json)
             }
             Ok(Err(error)) => {
-                self.release(warm);
+                self.release(warm, reuse);
                 Err(from_wit(error))
             }
             Err(trap) => {
@@ -294,8 +297,8 @@ impl Plugin {
     }
 
     /// Keeps a healthy instance warm, unless it has served its share of calls or grew.
-    fn release(&self, warm: Warm) {
-        if warm.uses >= self.shared.limits.instance_reuse {
+    fn release(&self, warm: Warm, reuse: u32) {
+        if warm.uses >= reuse {
             return;
         }
         // An instance whose memory grew past twice its size after instantiation would keep
@@ -305,6 +308,11 @@ impl Plugin {
             return;
         }
         self.shared.idle.put(self.id, warm);
+    }
+
+    /// The plugin's idle warm instances and the linear memory they hold, in bytes.
+    pub fn warm(&self) -> (usize, usize) {
+        self.shared.idle.held_by(self.id)
     }
 
     /// Drops the plugin's idle instances (after its settings changed, for example).
