@@ -125,3 +125,34 @@ async fn missing_toolchains_and_bad_names_get_clear_errors() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("holds no plugin"));
     assert!(!Path::new("Bad-Name").exists());
 }
+
+#[tokio::test]
+async fn a_build_that_breaks_the_contract_is_refused_and_not_written() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("badversion");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("badversion.js"),
+        "import { command } from \"./weft.js\";\ncommand(\"badversion.f\", { version: \"one\" }, () => 1);\n",
+    )
+    .unwrap();
+    let out = work.path().join("plugins/badversion.wasm");
+    let cache = work.path().join("cache");
+    let output = weft(
+        &[
+            "plugin",
+            "build",
+            dir.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("does not fit the plugin contract"), "{stderr}");
+    assert!(stderr.contains("badversion.f"), "{stderr}");
+    assert!(!out.exists(), "a refused component was written");
+}

@@ -67,32 +67,39 @@ fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Builds, checks the component against the contract (compiling it into the cache), and only
+/// then writes it to its destination: a node watching that directory finds it compiled.
 async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
-    let (dir, out) = (args.dir.clone(), args.out.clone());
-    let built = tokio::task::spawn_blocking(move || sdk::build(&dir, out.as_deref()))
+    let dir = args.dir.clone();
+    let built = tokio::task::spawn_blocking(move || sdk::build(&dir))
         .await
         .context("the build task failed")?
         .with_context(|| format!("building {}", args.dir.display()))?;
-    let bytes = tokio::fs::read(&built.path)
-        .await
-        .with_context(|| format!("reading {}", built.path.display()))?;
-    let size = bytes.len();
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from(format!("{}.wasm", built.name)));
+    let size = built.component.len();
     let limits = Limits {
         max_instances: 2,
         ..Limits::default()
     };
     let cache_dir = args.cache_dir.or_else(super::default_cache_dir);
     let runtime = Runtime::new(limits, cache_dir).context("starting the runtime")?;
-    let plugin = match runtime.load(&built.name, bytes).await {
+    let plugin = match runtime.load(&built.name, built.component.clone()).await {
         Ok(plugin) => plugin,
         Err(e) => {
-            eprintln!("error: {} does not fit the plugin contract: {e}", built.path.display());
+            eprintln!(
+                "error: the {} component does not fit the plugin contract ({} not written): {e}",
+                built.name,
+                out.display()
+            );
             return Ok(ExitCode::FAILURE);
         }
     };
+    sdk::place(&built.component, &out).with_context(|| format!("writing {}", out.display()))?;
     println!(
         "built {} ({}, {:.1} MB, compiled in {} ms):",
-        built.path.display(),
+        out.display(),
         built.lang,
         size as f64 / 1e6,
         plugin.compile_time().as_millis()

@@ -13,30 +13,26 @@ use super::{
 pub struct Built {
     pub name: String,
     pub lang: Lang,
-    /// Where the component was written.
-    pub path: PathBuf,
+    /// The component's bytes.
+    pub component: Vec<u8>,
 }
 
-/// Builds the plugin in `dir` into a component at `out` (default `NAME.wasm` in the current
-/// directory). The component is written beside `out` and renamed into place, so a watched plugin
-/// directory never sees a partial file. Tools' own output goes to standard error.
-pub fn build(dir: &Path, out: Option<&Path>) -> Result<Built, SdkError> {
+/// Builds the plugin in `dir` into a component. Tools' own output goes to standard error.
+pub fn build(dir: &Path) -> Result<Built, SdkError> {
     let (name, lang) = detect(dir)?;
     let work = tempfile::tempdir().map_err(io("creating a build directory in", &std::env::temp_dir()))?;
-    let (name, component) = match lang {
+    let (name, path) = match lang {
         Lang::Rust => build_rust(dir)?,
         Lang::Python => (name.clone(), build_python(dir, &name, work.path())?),
         Lang::Js => (name.clone(), build_js(dir, &name, work.path())?),
     };
-    let out = out
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(format!("{name}.wasm")));
-    place(&component, &out)?;
-    Ok(Built { name, lang, path: out })
+    let component = std::fs::read(&path).map_err(io("reading", &path))?;
+    Ok(Built { name, lang, component })
 }
 
-/// Copies `from` to `to` through a hidden file beside `to` and a rename.
-fn place(from: &Path, to: &Path) -> Result<(), SdkError> {
+/// Writes `bytes` to `to` through a hidden file beside it and a rename, so a watched plugin
+/// directory never sees a partial file.
+pub fn place(bytes: &[u8], to: &Path) -> Result<(), SdkError> {
     let parent = match to.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -47,7 +43,7 @@ fn place(from: &Path, to: &Path) -> Result<(), SdkError> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let staging = parent.join(format!(".{file_name}.partial"));
-    std::fs::copy(from, &staging).map_err(io("writing", &staging))?;
+    std::fs::write(&staging, bytes).map_err(io("writing", &staging))?;
     std::fs::rename(&staging, to).map_err(io("renaming into", to))
 }
 

@@ -10,7 +10,7 @@ mod scaffold;
 
 use std::path::{Path, PathBuf};
 
-pub use build::{build, Built};
+pub use build::{build, place, Built};
 pub use scaffold::scaffold;
 
 /// The contract every plugin exports (`wit/plugin.wit`).
