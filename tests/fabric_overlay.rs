@@ -173,6 +173,8 @@ fn record(node: &str, key: [u8; 32], command: &str, signer: &NodeKey) -> NodeRec
             tags: vec![],
             version: "1.0.0".into(),
             digest: "00".into(),
+            tenant: "default".into(),
+            public: false,
         }],
         neighbours: vec![],
     };

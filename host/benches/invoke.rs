@@ -32,6 +32,7 @@ async fn run() -> anyhow::Result<()> {
             plugin: plugin.clone(),
             extra_tags: Vec::new(),
             settings: Manifest::default().settings(&limits),
+            public: false,
         };
         executor.set_table(CommandTable::build(&[served], &[]).0);
         let host_calls: Arc<dyn HostCalls> = executor.clone();
@@ -71,7 +72,7 @@ async fn run() -> anyhow::Result<()> {
             br#"{"role":"rpc","u":"1","cmds":[{"name":"r","fun":"math.add","args":[2,3],"kwargs":{},"locs":[]}]}"#;
         let started = Instant::now();
         for _ in 0..n {
-            let response = executor.handle_frame(frame).await;
+            let response = executor.handle_frame(frame, None).await;
             std::hint::black_box(serde_json::to_string(&response)?);
         }
         println!(

@@ -17,5 +17,6 @@ pub mod plugins;
 pub mod rpc;
 pub mod runtime;
 pub mod sdk;
+pub mod tenancy;
 
 pub use error::CommandError;

@@ -28,6 +28,8 @@ pub struct NodeConfig {
     pub cache_dir: Option<PathBuf>,
     /// How the node takes part in the fabric (`advertise_url` empty: the listener's URL).
     pub fabric: Option<FabricConfig>,
+    /// The tenants it serves; `None`: an open node, every client sees every command.
+    pub tenants: Option<Arc<crate::tenancy::Tenants>>,
 }
 
 /// A node serving clients.
@@ -49,6 +51,9 @@ impl Node {
                 .context("starting the webassembly runtime")?,
         );
         let executor = Executor::new(config.limits.clone(), config.resources.clone());
+        if let Some(tenants) = &config.tenants {
+            executor.set_tenants(tenants.clone());
+        }
         let watch = match &config.plugins {
             Some(dir) => {
                 if !dir.is_dir() {

@@ -9,6 +9,23 @@ use serde_json::{Map, Value};
 use weft::net::client::result_of;
 use weft::net::{Client, ClientError};
 
+/// The node a command talks to, and the token it shows.
+#[derive(clap::Args)]
+pub struct NodeTarget {
+    /// The node's client URL.
+    #[arg(long, env = "WEFT_URL", default_value = "ws://127.0.0.1:6000")]
+    url: String,
+    /// A tenant's API token, sent as `Authorization: Bearer` (nodes with tenants require one).
+    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl NodeTarget {
+    async fn connect(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect_as(&self.url, self.token.as_deref()).await?)
+    }
+}
+
 #[derive(clap::Args)]
 pub struct CallArgs {
     /// The command, e.g. `math.add`.
@@ -22,18 +39,16 @@ pub struct CallArgs {
     /// Resource tags the serving command must carry.
     #[arg(long, value_delimiter = ',')]
     locs: Vec<String>,
-    /// The node to call.
-    #[arg(long, env = "WEFT_URL", default_value = "ws://127.0.0.1:6000")]
-    url: String,
+    #[command(flatten)]
+    node: NodeTarget,
 }
 
 #[derive(clap::Args)]
 pub struct RequestArgs {
     /// A JSON request (`{"role":"rpc","cmds":[...]}`, or just the list of commands), `-` for stdin.
     file: PathBuf,
-    /// The node to call.
-    #[arg(long, env = "WEFT_URL", default_value = "ws://127.0.0.1:6000")]
-    url: String,
+    #[command(flatten)]
+    node: NodeTarget,
 }
 
 #[derive(clap::Args)]
@@ -41,14 +56,13 @@ pub struct PluginsArgs {
     /// Print the raw JSON report.
     #[arg(long)]
     json: bool,
-    /// The node to ask.
-    #[arg(long, env = "WEFT_URL", default_value = "ws://127.0.0.1:6000")]
-    url: String,
+    #[command(flatten)]
+    node: NodeTarget,
 }
 
 /// `weft plugins`: every plugin file of the node, with its state, digest, commands and last error.
 pub async fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
-    let Some(report) = report(&args.url, "weft.plugins", args.json).await? else {
+    let Some(report) = report(&args.node, "weft.plugins", args.json).await? else {
         return Ok(ExitCode::SUCCESS);
     };
     let plugins = report.as_array().cloned().unwrap_or_default();
@@ -100,14 +114,13 @@ pub struct FabricArgs {
     /// Print the raw JSON report.
     #[arg(long)]
     json: bool,
-    /// The node to ask.
-    #[arg(long, env = "WEFT_URL", default_value = "ws://127.0.0.1:6000")]
-    url: String,
+    #[command(flatten)]
+    node: NodeTarget,
 }
 
 /// `weft peers`: the members this node knows, with state, link and round-trip time.
 pub async fn peers(args: FabricArgs) -> anyhow::Result<ExitCode> {
-    let Some(report) = report(&args.url, "weft.peers", args.json).await? else {
+    let Some(report) = report(&args.node, "weft.peers", args.json).await? else {
         return Ok(ExitCode::SUCCESS);
     };
     let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
@@ -137,7 +150,7 @@ pub async fn peers(args: FabricArgs) -> anyhow::Result<ExitCode> {
 
 /// `weft catalog`: every command of the fabric, with its tags and the nodes serving it.
 pub async fn catalog(args: FabricArgs) -> anyhow::Result<ExitCode> {
-    let Some(report) = report(&args.url, "weft.catalog", args.json).await? else {
+    let Some(report) = report(&args.node, "weft.catalog", args.json).await? else {
         return Ok(ExitCode::SUCCESS);
     };
     let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
@@ -156,8 +169,8 @@ pub async fn catalog(args: FabricArgs) -> anyhow::Result<ExitCode> {
 
 /// Calls a report built-in (`weft.plugins`, `weft.peers`, `weft.catalog`). With `json`, prints
 /// the report and returns `None`; otherwise returns it for formatting.
-async fn report(url: &str, builtin: &str, json: bool) -> anyhow::Result<Option<Value>> {
-    let client = Client::connect(url).await?;
+async fn report(node: &NodeTarget, builtin: &str, json: bool) -> anyhow::Result<Option<Value>> {
+    let client = node.connect().await?;
     let report = client.call(builtin, Vec::new(), Map::new(), &[]).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -175,7 +188,7 @@ pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("--kw {kw:?}: expected NAME=VALUE"))?;
         kwargs.insert(name.to_string(), parse_arg(value));
     }
-    let client = Client::connect(&args.url).await?;
+    let client = args.node.connect().await?;
     let locs: Vec<String> = args.locs.into_iter().filter(|l| !l.is_empty()).collect();
     match client.call(&args.fun, positional, kwargs, &locs).await {
         Ok(value) => {
@@ -205,7 +218,7 @@ pub async fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
         Value::Array(cmds) => serde_json::json!({ "role": "rpc", "cmds": cmds }),
         other => other,
     };
-    let client = Client::connect(&args.url).await?;
+    let client = args.node.connect().await?;
     let response = client.request(request).await?;
     let has_extras = response.get("intermediate_results").is_some() || response.get("execution_summary").is_some();
     if has_extras && response.get("error").is_none_or(Value::is_null) {

@@ -37,6 +37,8 @@ enum Command {
     /// Create and build plugins in Rust, Python or JavaScript.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Print a new random API token and the line that stores it in a tenants file.
+    Token,
     /// Measure call latency and throughput against the raw WebSocket limit.
     Bench(bench::BenchArgs),
     /// Serve the raw WebSocket JSON echo that `weft bench` compares against.
@@ -63,6 +65,7 @@ pub fn main() -> ExitCode {
             Command::Peers(args) => client::peers(args).await,
             Command::Catalog(args) => client::catalog(args).await,
             Command::Plugin(command) => plugin::run(command).await,
+            Command::Token => token(),
             Command::Bench(args) => bench::run(args).await,
             Command::RawEcho(args) => bench::raw_echo(args).await,
         }
@@ -93,4 +96,15 @@ fn default_cache_dir() -> Option<std::path::PathBuf> {
         .filter(|p| p.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cache")))?;
     Some(base.join("weft").join("compiled"))
+}
+
+/// `weft token`: a new token for a client, and its hash for the node's tenants file.
+fn token() -> anyhow::Result<ExitCode> {
+    let token = weft::tenancy::new_token()?;
+    println!("token (give it to the client; WEFT_TOKEN or --token): {token}");
+    println!(
+        "tenants file line:  tokens = [\"{}\"]",
+        weft::tenancy::hash_token(&token)
+    );
+    Ok(ExitCode::SUCCESS)
 }

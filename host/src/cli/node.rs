@@ -68,6 +68,10 @@ pub struct NodeArgs {
     /// Accept `weft.fault` calls that cut and restore peer links (for tests; never in production).
     #[arg(long, hide = true)]
     fault_injection: bool,
+    /// A TOML file of tenants (ids, hashed API tokens, limits). With it, clients must send a
+    /// tenant's token and see only its commands and public ones [default: an open node].
+    #[arg(long, env = "WEFT_TENANTS")]
+    tenants: Option<PathBuf>,
     /// Compile every plugin at every load; keep nothing on disk.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
@@ -87,6 +91,14 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         instance_reuse: args.instance_reuse.max(1),
     };
     let resources = args.resources.into_iter().filter(|r| !r.is_empty()).collect();
+    let tenants = match &args.tenants {
+        Some(path) => {
+            let tenants = weft::tenancy::Tenants::load(path).context("loading the tenants")?;
+            tracing::info!(tenants = ?tenants.ids(), "clients must authenticate as a tenant");
+            Some(std::sync::Arc::new(tenants))
+        }
+        None => None,
+    };
     let cache_dir = match (args.no_cache, args.cache_dir) {
         (true, _) => None,
         (false, Some(dir)) => Some(dir),
@@ -124,6 +136,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         limits,
         cache_dir,
         fabric: Some(fabric),
+        tenants,
     })
     .await?;
     {

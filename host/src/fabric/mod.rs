@@ -244,6 +244,7 @@ impl Fabric {
             target: node.to_string(),
             path: vec![self.config.node_id.clone()],
             hops: MAX_HOPS,
+            tenant: None,
         };
         let answered = matches!(
             self.exchange(&route, request, deadline).await,
@@ -268,6 +269,8 @@ impl Fabric {
                     tags: c.tags.iter().cloned().collect(),
                     version: c.version.to_string(),
                     digest: c.plugin.digest().to_string(),
+                    tenant: c.tenant.to_string(),
+                    public: c.public,
                 })
                 .collect();
             let message = self.with_state(|s| s.set_local_catalog(entries));
@@ -318,6 +321,7 @@ impl Fabric {
             locs: request.locs,
             function_id: request.function_id,
             version_constraint: request.version_constraint,
+            tenant: self.executor.caller_tenant(request.tenant.as_deref()),
         };
         self.executor
             .dispatch_local(&request.fun, request.args, request.kwargs, &selector, context)
@@ -483,6 +487,7 @@ impl Fabric {
                 target: route.target.clone(),
                 path: vec![self.config.node_id.clone()],
                 hops: MAX_HOPS,
+                tenant: selector.tenant.as_deref().map(str::to_string),
             };
             let avoid = vec![self.config.node_id.clone()];
             let (outcome, route) = self.exchange_routed(route, request, context.deadline, avoid).await;
@@ -605,8 +610,8 @@ impl Remote for Fabric {
         self.with_state(|s| s.peers_report(&self.config))
     }
 
-    fn catalog(&self) -> Value {
-        self.with_state(|s| s.catalog_report())
+    fn catalog(&self, selector: &Selector) -> Value {
+        self.with_state(|s| s.catalog_report(selector))
     }
 
     fn fault(&self, action: &str, nodes: Vec<String>) -> Result<Value, CommandError> {

@@ -1114,13 +1114,14 @@ impl State {
         json!({ "node": config.node_id, "cluster": config.cluster, "url": config.advertise_url, "peers": peers })
     }
 
-    pub fn catalog_report(&self) -> Value {
+    /// Every command of the fabric the caller of `selector` may see, with the nodes serving it.
+    pub fn catalog_report(&self, selector: &Selector) -> Value {
         let mut rows: Vec<Value> = Vec::new();
         let own = std::iter::once((self.me.as_str(), &self.local_entries));
         let others = self.records.iter().map(|(node, r)| (node.as_str(), &r.body.entries));
         for (node, entries) in own.chain(others) {
-            for e in entries {
-                rows.push(json!({ "command": e.command, "tags": e.tags, "version": e.version, "digest": e.digest, "node": node }));
+            for e in entries.iter().filter(|e| selector.sees(&e.tenant, e.public)) {
+                rows.push(json!({ "command": e.command, "tags": e.tags, "version": e.version, "digest": e.digest, "node": node, "tenant": e.tenant, "public": e.public }));
             }
         }
         rows.sort_by(|a, b| {
@@ -1140,6 +1141,7 @@ fn ring_position(node: &str) -> u64 {
 /// Whether catalog entry `e` can serve `fun` under `selector`.
 fn matches(e: &CatalogEntry, fun: &str, selector: &Selector) -> bool {
     e.command == fun
+        && selector.sees(&e.tenant, e.public)
         && selector.locs.iter().all(|l| e.tags.contains(l))
         && selector
             .function_id

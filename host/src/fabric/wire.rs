@@ -151,6 +151,10 @@ pub struct CatalogEntry {
     pub tags: Vec<String>,
     pub version: String,
     pub digest: String,
+    /// The tenant whose plugin serves it.
+    pub tenant: String,
+    /// Callable by every tenant.
+    pub public: bool,
 }
 
 /// A command to run on another node.
@@ -173,6 +177,9 @@ pub struct CallRequest {
     pub path: Vec<String>,
     /// Hops it may still travel.
     pub hops: u8,
+    /// The caller's tenant, when the calling node has tenants; the serving node checks the
+    /// command is visible to it.
+    pub tenant: Option<String>,
 }
 
 /// A command error crossing the wire.
@@ -208,6 +215,8 @@ mod tests {
                 tags: vec!["cpu".into()],
                 version: "1.0.0".into(),
                 digest: "ab".into(),
+                tenant: "default".into(),
+                public: false,
             }],
             neighbours: vec!["b".into()],
         }

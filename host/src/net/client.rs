@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -43,13 +45,26 @@ pub struct Client {
 impl Client {
     /// Connects to `url` (`ws://host:port`).
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
+        Client::connect_as(url, None).await
+    }
+
+    /// Connects with a tenant's API token (`Authorization: Bearer <token>`), when given.
+    pub async fn connect_as(url: &str, token: Option<&str>) -> Result<Client, ClientError> {
+        let failed = |reason: String| ClientError::Connect {
+            url: url.to_string(),
+            reason,
+        };
+        let mut request = url.into_client_request().map_err(|e| failed(e.to_string()))?;
+        if let Some(token) = token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| failed("the token is not a valid header value".into()))?;
+            request.headers_mut().insert(AUTHORIZATION, value);
+        }
         let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
             .await
-            .map_err(|e| ClientError::Connect {
-                url: url.to_string(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| failed(refusal_reason(e)))?;
         let (mut sink, mut source) = ws.split();
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let (outbox, mut queue) = mpsc::channel::<Message>(1024);
@@ -195,4 +210,19 @@ fn rand_seed() -> u64 {
             .map_or(0, |d| d.as_nanos() as u64),
     );
     hasher.finish()
+}
+
+/// What a refused connection says: a node's refusal of the upgrade carries its reason as the body.
+fn refusal_reason(error: tokio_tungstenite::tungstenite::Error) -> String {
+    match error {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            let body = response
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_string())
+                .unwrap_or_default();
+            format!("refused with HTTP {}: {body}", response.status())
+        }
+        other => other.to_string(),
+    }
 }

@@ -14,7 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response as HandshakeResponse};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response as HandshakeResponse};
+use tokio_tungstenite::tungstenite::http;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
@@ -25,6 +26,7 @@ use crate::config::MAX_INFLIGHT_PER_CONNECTION;
 /// How long a closing connection may take to send its close frame.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::rpc::{codes, ErrorBody, Executor, Response};
+use crate::tenancy::{Tenant, Tenants};
 
 /// Takes over WebSocket connections made to the peer path ([`crate::fabric::wire::PEER_PATH`]).
 pub trait PeerHandler: Send + Sync + 'static {
@@ -78,13 +80,25 @@ async fn connection(
         .max_message_size(Some(hard_limit))
         .max_frame_size(Some(hard_limit));
     let mut path = String::new();
+    let mut tenant: Option<Arc<Tenant>> = None;
+    let tenants = executor.tenants().cloned();
     // The callback's signature is tungstenite's; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
-    let remember_path = |request: &Request, response: HandshakeResponse| {
+    let check = |request: &Request, response: HandshakeResponse| {
         path = request.uri().path().to_string();
+        // Peers prove the cluster secret in their own handshake; clients bring a tenant's token.
+        if let (Some(tenants), false) = (&tenants, path == crate::fabric::wire::PEER_PATH) {
+            match authenticate(tenants, request) {
+                Ok(found) => tenant = Some(found),
+                Err(reason) => {
+                    tracing::info!(%peer, "client refused: {reason}");
+                    return Err(refusal(reason));
+                }
+            }
+        }
         Ok(response)
     };
-    let ws = match tokio_tungstenite::accept_hdr_async_with_config(stream, remember_path, Some(config)).await {
+    let ws = match tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)).await {
         Ok(ws) => ws,
         Err(e) => {
             tracing::debug!(error = %e, "websocket handshake failed");
@@ -122,8 +136,8 @@ async fn connection(
                 }
             }
             next = source.next(), if reading && running.len() + outbox.len() < MAX_INFLIGHT_PER_CONNECTION => match next {
-                Some(Ok(Message::Text(text))) => running.push(answer(executor.clone(), text.into(), false)),
-                Some(Ok(Message::Binary(bytes))) => running.push(answer(executor.clone(), bytes, true)),
+                Some(Ok(Message::Text(text))) => running.push(answer(executor.clone(), text.into(), false, tenant.clone())),
+                Some(Ok(Message::Binary(bytes))) => running.push(answer(executor.clone(), bytes, true, tenant.clone())),
                 Some(Ok(Message::Close(_))) | None => reading = false,
                 Some(Ok(_)) => {}
                 Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
@@ -165,9 +179,36 @@ fn write_some(
     Poll::Ready(Ok(()))
 }
 
-async fn answer(executor: Arc<Executor>, frame: Bytes, binary: bool) -> Message {
-    let response = executor.handle_frame(&frame).await;
+async fn answer(executor: Arc<Executor>, frame: Bytes, binary: bool, tenant: Option<Arc<Tenant>>) -> Message {
+    let response = executor.handle_frame(&frame, tenant.as_ref()).await;
     encode(&response, binary)
+}
+
+/// The tenant whose token the upgrade request carries (`Authorization: Bearer <token>`).
+fn authenticate(tenants: &Tenants, request: &Request) -> Result<Arc<Tenant>, &'static str> {
+    let header = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .ok_or("this node serves tenants: send `Authorization: Bearer <token>`")?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or("the Authorization header must be `Bearer <token>`")?;
+    tenants
+        .authenticate(token)
+        .ok_or("the token belongs to no tenant of this node")
+}
+
+/// A 401 answer to the upgrade request, with the reason as its body.
+fn refusal(reason: &str) -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(format!("{reason}\n")));
+    *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+    if let Ok(value) = http::HeaderValue::from_str("Bearer realm=\"weft\"") {
+        response.headers_mut().insert(http::header::WWW_AUTHENTICATE, value);
+    }
+    response
 }
 
 fn encode(response: &Response, binary: bool) -> Message {

@@ -225,6 +225,7 @@ impl PluginDir {
                     plugin: e.plugin.clone()?,
                     extra_tags: e.manifest.resources.clone(),
                     settings: e.settings.clone(),
+                    public: e.manifest.public,
                 })
             })
             .collect();
@@ -295,25 +296,54 @@ impl PluginDir {
     }
 
     /// The plugin names in the directory, with whether each has a component and a manifest.
+    /// Plugins in a subdirectory belong to the tenant it names and are called `TENANT/NAME`.
     /// Hidden files (editors' and deploy tools' temporaries) are ignored.
     fn scan(&self) -> std::io::Result<BTreeMap<String, (bool, bool)>> {
         let mut listing: BTreeMap<String, (bool, bool)> = BTreeMap::new();
         for item in std::fs::read_dir(&self.dir)? {
             let path = item?.path();
-            let (Some(stem), Some(ext)) = (path.file_stem().and_then(|s| s.to_str()), path.extension()) else {
-                continue;
-            };
-            if stem.starts_with('.') || stem.is_empty() {
+            if path.is_dir() {
+                let Some(tenant) = path.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                if tenant.starts_with('.') {
+                    continue;
+                }
+                if !crate::tenancy::valid_id(tenant) {
+                    tracing::warn!(dir = %path.display(), "not a tenant's plugin directory: tenant ids are lower-case letters, digits, `_` and `-`");
+                    continue;
+                }
+                // A tenant directory that vanishes while it is read is simply empty.
+                if let Ok(items) = std::fs::read_dir(&path) {
+                    for item in items.flatten() {
+                        add_file(&mut listing, &item.path(), Some(tenant));
+                    }
+                }
                 continue;
             }
-            let slot = listing.entry(stem.to_string()).or_default();
-            if ext == "wasm" {
-                slot.0 = true;
-            } else if ext == "toml" {
-                slot.1 = true;
-            }
+            add_file(&mut listing, &path, None);
         }
         listing.retain(|_, (wasm, toml)| *wasm || *toml);
         Ok(listing)
+    }
+}
+
+/// Notes `path` in the listing when it is a plugin's component or manifest.
+fn add_file(listing: &mut BTreeMap<String, (bool, bool)>, path: &Path, tenant: Option<&str>) {
+    let (Some(stem), Some(ext)) = (path.file_stem().and_then(|s| s.to_str()), path.extension()) else {
+        return;
+    };
+    if stem.starts_with('.') || stem.is_empty() || path.is_dir() {
+        return;
+    }
+    let name = match tenant {
+        Some(tenant) => format!("{tenant}/{stem}"),
+        None => stem.to_string(),
+    };
+    let slot = listing.entry(name).or_default();
+    if ext == "wasm" {
+        slot.0 = true;
+    } else if ext == "toml" {
+        slot.1 = true;
     }
 }

@@ -31,6 +31,9 @@ pub struct Manifest {
     pub resources: Vec<String>,
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
+    /// Every tenant may call the plugin's commands, not only the tenant whose directory holds it.
+    #[serde(default)]
+    pub public: bool,
     #[serde(default)]
     pub limits: ManifestLimits,
 }
@@ -56,6 +59,7 @@ impl Default for Manifest {
             description: None,
             resources: Vec::new(),
             enabled: true,
+            public: false,
             limits: ManifestLimits::default(),
         }
     }

@@ -18,6 +18,10 @@ pub struct LocalCommand {
     pub version: semver::Version,
     pub plugin: Arc<Plugin>,
     pub settings: Arc<PluginSettings>,
+    /// The tenant whose plugin serves it.
+    pub tenant: Arc<str>,
+    /// Callable by every tenant, not only its own.
+    pub public: bool,
 }
 
 impl LocalCommand {
@@ -34,6 +38,15 @@ pub struct Selector {
     pub locs: Vec<String>,
     pub function_id: Option<String>,
     pub version_constraint: Option<String>,
+    /// The caller's tenant; `None` on a node without tenants, where every command is visible.
+    pub tenant: Option<Arc<str>>,
+}
+
+impl Selector {
+    /// Whether the caller may see and call a command of `tenant`.
+    pub fn sees(&self, tenant: &str, public: bool) -> bool {
+        public || self.tenant.as_deref().is_none_or(|caller| caller == tenant)
+    }
 }
 
 /// A loaded, enabled plugin offered to the table.
@@ -42,6 +55,8 @@ pub struct Served {
     /// Tags from the sidecar manifest.
     pub extra_tags: Vec<String>,
     pub settings: Arc<PluginSettings>,
+    /// Its commands may be called by every tenant (sidecar `public = true`).
+    pub public: bool,
 }
 
 /// What `weft plugins` shows of one plugin.
@@ -127,6 +142,8 @@ impl CommandTable {
                         version: spec.version.clone(),
                         plugin: plugin.clone(),
                         settings: entry.settings.clone(),
+                        tenant: Arc::from(crate::tenancy::tenant_of(plugin.name())),
+                        public: entry.public,
                     },
                 );
             }
@@ -165,7 +182,8 @@ impl CommandTable {
 
     /// The command that serves `name` under `selector`, or why none does.
     pub fn find(&self, name: &str, selector: &Selector) -> Result<&LocalCommand, CommandError> {
-        let Some(command) = self.by_name.get(name) else {
+        // Another tenant's private command is, to this caller, not there.
+        let Some(command) = self.by_name.get(name).filter(|c| selector.sees(&c.tenant, c.public)) else {
             return Err(CommandError::NotFound(format!("command `{name}` not found")));
         };
         if let Some(missing) = selector.locs.iter().find(|tag| !command.tags.contains(*tag)) {

@@ -18,6 +18,7 @@ use crate::config::Limits;
 use crate::error::CommandError;
 use crate::plugins::{CommandTable, Selector};
 use crate::runtime::{CallContext, CallFuture, GuestCall, HostCalls};
+use crate::tenancy::{Refusal, Tenant, Tenants};
 
 /// A future answered by another node.
 pub type RemoteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, CommandError>> + Send>>;
@@ -37,7 +38,7 @@ pub trait Remote: Send + Sync + 'static {
     /// What `weft.peers` answers.
     fn peers(&self) -> Value;
     /// What `weft.catalog` answers.
-    fn catalog(&self) -> Value;
+    fn catalog(&self, selector: &Selector) -> Value;
     /// `weft.fault ACTION NODES`: cut or restore links to `nodes` (only where enabled).
     fn fault(&self, action: &str, nodes: Vec<String>) -> Result<Value, CommandError>;
 }
@@ -47,6 +48,7 @@ pub struct Executor {
     table: RwLock<Arc<CommandTable>>,
     table_changes: tokio::sync::watch::Sender<u64>,
     remote: std::sync::OnceLock<Arc<dyn Remote>>,
+    tenants: std::sync::OnceLock<Arc<Tenants>>,
     node_tags: Vec<String>,
     limits: Limits,
     me: Weak<Executor>,
@@ -58,6 +60,7 @@ impl Executor {
             table: RwLock::new(Arc::new(CommandTable::default())),
             table_changes: tokio::sync::watch::channel(0).0,
             remote: std::sync::OnceLock::new(),
+            tenants: std::sync::OnceLock::new(),
             node_tags,
             limits,
             me: me.clone(),
@@ -82,6 +85,24 @@ impl Executor {
         let _ = self.remote.set(remote);
     }
 
+    /// Serves these tenants (set once, at start): clients must authenticate, and each sees its
+    /// own commands and public ones.
+    pub fn set_tenants(&self, tenants: Arc<Tenants>) {
+        let _ = self.tenants.set(tenants);
+    }
+
+    /// The node's tenants, when it has them.
+    pub fn tenants(&self) -> Option<&Arc<Tenants>> {
+        self.tenants.get()
+    }
+
+    /// The tenant a call acts as: `None` on a node without tenants (every command visible);
+    /// on a node with tenants, a call that names none may use public commands only.
+    pub fn caller_tenant(&self, tenant: Option<&str>) -> Option<Arc<str>> {
+        self.tenants.get()?;
+        Some(Arc::from(tenant.unwrap_or("")))
+    }
+
     /// The current table of local commands.
     pub fn table(&self) -> Arc<CommandTable> {
         self.table.read().map(|t| t.clone()).unwrap_or_default()
@@ -91,8 +112,9 @@ impl Executor {
         &self.limits
     }
 
-    /// Answers one request frame; never fails (errors become error responses).
-    pub async fn handle_frame(&self, frame: &[u8]) -> Response {
+    /// Answers one request frame of a client of `tenant` (`None`: unauthenticated, on a node
+    /// without tenants); never fails (errors become error responses).
+    pub async fn handle_frame(&self, frame: &[u8], tenant: Option<&Arc<Tenant>>) -> Response {
         if frame.len() > self.limits.max_frame_bytes {
             return Response::error(
                 protocol::request_id(frame),
@@ -106,10 +128,27 @@ impl Executor {
                 ),
             );
         }
-        match protocol::parse(frame) {
-            Ok(request) => self.execute(request).await,
-            Err((u, error)) => Response::error(u, error),
+        let mut request = match protocol::parse(frame) {
+            Ok(request) => request,
+            Err((u, error)) => return Response::error(u, error),
+        };
+        let _slot = match tenant {
+            Some(tenant) => match admit(tenant, request.cmds.len()).await {
+                Ok(slot) => slot,
+                Err(refusal) => {
+                    let details = match refusal {
+                        Refusal::RateLimited(d) | Refusal::Busy(d) => d,
+                    };
+                    return Response::error(request.u, ErrorBody::new(codes::OVER_LIMIT, details));
+                }
+            },
+            None => None,
+        };
+        let caller = self.caller_tenant(tenant.map(|t| &*t.id));
+        for cmd in &mut request.cmds {
+            cmd.selector.tenant = caller.clone();
         }
+        self.execute(request).await
     }
 
     /// Runs a parsed request.
@@ -312,10 +351,23 @@ impl Executor {
             builtins::select(fun, selector, &self.node_tags)?;
             let remote = self.remote.get();
             return match fun {
-                builtins::PLUGINS => serde_json::to_value(self.table().reports())
-                    .map_err(|e| CommandError::Failed(format!("{fun}: {e}"))),
+                // A tenant sees the reports of its own plugins only.
+                builtins::PLUGINS => {
+                    let table = self.table();
+                    let reports: Vec<_> = table
+                        .reports()
+                        .iter()
+                        .filter(|r| {
+                            selector
+                                .tenant
+                                .as_deref()
+                                .is_none_or(|t| crate::tenancy::tenant_of(&r.name) == t)
+                        })
+                        .collect();
+                    serde_json::to_value(reports).map_err(|e| CommandError::Failed(format!("{fun}: {e}")))
+                }
                 builtins::PEERS => Ok(remote.map_or(Value::Null, |r| r.peers())),
-                builtins::CATALOG => Ok(remote.map_or(Value::Array(Vec::new()), |r| r.catalog())),
+                builtins::CATALOG => Ok(remote.map_or(Value::Array(Vec::new()), |r| r.catalog(selector))),
                 builtins::FAULT => {
                     let remote = remote.ok_or_else(|| CommandError::Denied("this node has no fabric".into()))?;
                     let (action, nodes) = builtins::fault_args(args)?;
@@ -411,8 +463,10 @@ impl HostCalls for Executor {
                     }
                 }
             };
+            // A plugin's calls act as its tenant.
             let selector = Selector {
                 locs: call.resources,
+                tenant: me.caller_tenant(Some(crate::tenancy::tenant_of(&call.plugin))),
                 ..Selector::default()
             };
             let context = CallContext { depth, ..call.parent };
@@ -441,6 +495,12 @@ fn resolve_args(
         .map(|(k, v)| Ok((k.clone(), resolve(v)?)))
         .collect::<Result<Map<_, _>, CommandError>>()?;
     Ok((args, kwargs))
+}
+
+/// Takes the request's calls from its tenant's rate and a running slot.
+async fn admit(tenant: &Tenant, calls: usize) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Refusal> {
+    tenant.admit(calls)?;
+    tenant.slot().await
 }
 
 fn shutting_down() -> CommandError {
@@ -472,7 +532,7 @@ mod tests {
     fn request_futures_stay_small() {
         // Every in-flight request keeps one of these futures; large ones cost memory and copies.
         let executor = Executor::new(Limits::default(), Vec::new());
-        let size = std::mem::size_of_val(&executor.handle_frame(b"{}"));
+        let size = std::mem::size_of_val(&executor.handle_frame(b"{}", None));
         assert!(size <= 2048, "handle_frame future is {size} bytes");
     }
 }

@@ -16,6 +16,8 @@ pub mod codes {
     pub const EXECUTION_FAILED: i64 = 1003;
     /// A command did not finish within its deadline, or the role is not `rpc`.
     pub const TIMEOUT_OR_ROLE: i64 = 1004;
+    /// The caller's tenant is over its rate of calls or its requests running at once.
+    pub const OVER_LIMIT: i64 = 1005;
 }
 
 /// Most commands one request may hold.
@@ -244,6 +246,7 @@ fn parse_command(value: Value) -> Result<RequestCommand, String> {
             locs,
             function_id,
             version_constraint,
+            tenant: None,
         },
     })
 }

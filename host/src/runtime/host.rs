@@ -145,6 +145,7 @@ impl Host for HostState {
             args_json,
             kwargs_json,
             resources,
+            plugin: self.plugin.clone(),
             parent: scope.context,
         };
         let future = scope.host_calls.call(call);

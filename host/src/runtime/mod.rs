@@ -14,6 +14,7 @@ mod plugin;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
@@ -35,6 +36,8 @@ pub struct GuestCall {
     /// JSON object of keyword arguments (possibly empty).
     pub kwargs_json: String,
     pub resources: Vec<String>,
+    /// The plugin making the call (`TENANT/NAME` for a tenant's plugin).
+    pub plugin: Arc<str>,
     /// The context of the call that made this one.
     pub parent: CallContext,
 }
