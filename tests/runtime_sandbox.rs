@@ -87,6 +87,58 @@ async fn recursion_through_host_call_is_bounded() {
 }
 
 #[tokio::test]
+async fn a_stack_overflow_is_a_trap_and_the_node_keeps_serving() {
+    let node = TestNode::start(&["hostile", "math"], &[]).await;
+    let client = node.client().await;
+    // Rust keeps large locals on a stack in linear memory: running off its end is an
+    // out-of-bounds access, which traps like any other.
+    let response = call(&client, "hostile.overflow", json!([0])).await;
+    assert_eq!(error_code(&response), Some(1003), "{response}");
+    assert!(
+        error_details(&response).contains("hostile.overflow: plugin trapped"),
+        "{response}"
+    );
+    still_serving(&client).await;
+}
+
+#[tokio::test]
+async fn a_plugin_sees_no_files_environment_or_network_of_the_host() {
+    let node = TestNode::start(&["hostile", "math"], &[]).await;
+    let client = node.client().await;
+    for (fun, args, expected) in [
+        ("hostile.read_file", json!(["/etc/passwd"]), "reading /etc/passwd"),
+        ("hostile.list_dir", json!(["/"]), "listing /"),
+        (
+            "hostile.connect",
+            json!([node.url().trim_start_matches("ws://")]),
+            "connecting to 127.0.0.1",
+        ),
+    ] {
+        let response = call(&client, fun, args).await;
+        assert_eq!(error_code(&response), Some(1003), "{fun}: {response}");
+        assert!(error_details(&response).contains(expected), "{fun}: {response}");
+        still_serving(&client).await;
+    }
+    let response = call(&client, "hostile.env", json!(["PATH"])).await;
+    assert_eq!(response["r"], json!({"x": null}), "{response}");
+    let response = call(&client, "hostile.env_all", json!([])).await;
+    assert_eq!(response["r"], json!({"x": []}), "{response}");
+}
+
+#[tokio::test]
+async fn a_result_larger_than_a_frame_is_refused_clearly() {
+    let node = TestNode::start(&["hostile", "math"], &["--max-frame-bytes=1048576"]).await;
+    let client = node.client().await;
+    let response = call(&client, "hostile.huge", json!([4])).await;
+    assert_eq!(error_code(&response), Some(1003), "{response}");
+    assert!(
+        error_details(&response).contains("exceeds the limit of 1048576 bytes"),
+        "{response}"
+    );
+    still_serving(&client).await;
+}
+
+#[tokio::test]
 async fn wrong_arguments_name_the_command_and_parameter() {
     let node = TestNode::start(&["math", "scenarios"], &[]).await;
     let client = node.client().await;

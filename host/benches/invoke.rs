@@ -90,6 +90,7 @@ fn context(limits: &Limits) -> CallContext {
         depth: 0,
         memory_limit_bytes: limits.memory_limit_bytes,
         instance_reuse: limits.instance_reuse,
+        grants: None,
     }
 }
 

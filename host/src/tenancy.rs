@@ -20,6 +20,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// The tenant of plugins at the top of the plugin directory.
 pub const DEFAULT_TENANT: &str = "default";
 
+/// The capabilities a tenant may allow its plugins (see the sidecar's `[grants]`).
+pub const GRANT_KINDS: &[&str] = &["read_dir", "env"];
+
 /// How long a request waits for one of its tenant's running slots before it is refused as busy.
 pub const BUSY_WAIT: Duration = Duration::from_millis(1000);
 
@@ -76,6 +79,9 @@ struct TenantEntry {
     tokens: Vec<String>,
     calls_per_second: Option<f64>,
     max_concurrent: Option<u32>,
+    /// Capabilities its plugins' sidecars may grant: `read_dir`, `env`.
+    #[serde(default)]
+    grants: Vec<String>,
 }
 
 /// Why a request of a tenant is not run now.
@@ -92,6 +98,7 @@ pub struct Tenant {
     rate: Option<Mutex<Bucket>>,
     running: Option<Arc<Semaphore>>,
     max_concurrent: u32,
+    grants: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -142,6 +149,8 @@ impl Tenant {
 #[derive(Debug, Default)]
 pub struct Tenants {
     by_token: HashMap<String, Arc<Tenant>>,
+    /// Tenants without tokens (they own plugins but no client acts as them).
+    unlisted: Vec<Arc<Tenant>>,
     ids: Vec<Arc<str>>,
 }
 
@@ -176,6 +185,13 @@ impl Tenants {
                     entry.id
                 ));
             }
+            if let Some(unknown) = entry.grants.iter().find(|g| !GRANT_KINDS.contains(&g.as_str())) {
+                return Err(format!(
+                    "tenant `{}`: unknown grant `{unknown}` (known: {})",
+                    entry.id,
+                    GRANT_KINDS.join(", ")
+                ));
+            }
             if entry.max_concurrent == Some(0) {
                 return Err(format!("tenant `{}`: max_concurrent must be at least 1", entry.id));
             }
@@ -190,6 +206,7 @@ impl Tenants {
                 }),
                 running: entry.max_concurrent.map(|n| Arc::new(Semaphore::new(n as usize))),
                 max_concurrent: entry.max_concurrent.unwrap_or(0),
+                grants: entry.grants.clone(),
             });
             for token in entry.tokens {
                 let Some(digest) = token.strip_prefix("sha256:") else {
@@ -206,6 +223,9 @@ impl Tenants {
                     return Err(format!("tenant `{}`: a token is listed twice", entry.id));
                 }
             }
+            if !tenants.by_token.values().any(|t| Arc::ptr_eq(t, &tenant)) {
+                tenants.unlisted.push(tenant.clone());
+            }
             tenants.ids.push(tenant.id.clone());
         }
         if tenants.ids.is_empty() {
@@ -217,6 +237,17 @@ impl Tenants {
     /// The tenant a bearer token belongs to.
     pub fn authenticate(&self, token: &str) -> Option<Arc<Tenant>> {
         self.by_token.get(&hash_token(token)).cloned()
+    }
+
+    /// Whether plugins of `tenant` may be granted capability `kind`. Plugins at the top of the
+    /// plugin directory belong to the node's operator and may be granted anything.
+    pub fn allows(&self, tenant: &str, kind: &str) -> bool {
+        tenant == DEFAULT_TENANT
+            || self
+                .by_token
+                .values()
+                .chain(self.unlisted.iter())
+                .any(|t| &*t.id == tenant && t.grants.iter().any(|g| g == kind))
     }
 
     /// The configured tenant ids.

@@ -316,6 +316,7 @@ impl Fabric {
             depth: request.depth,
             memory_limit_bytes: limits.memory_limit_bytes,
             instance_reuse: limits.instance_reuse,
+            grants: None,
         };
         let selector = Selector {
             locs: request.locs,

@@ -129,7 +129,8 @@ impl PluginDir {
             None => Ok(Manifest::default()),
             Some(_) => std::fs::read_to_string(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|text| Manifest::parse(&text)),
+                .and_then(|text| Manifest::parse(&text))
+                .and_then(|manifest| self.check_grants(name, manifest)),
         };
         match parsed {
             Ok(manifest) => {
@@ -151,6 +152,20 @@ impl PluginDir {
             }
         }
         true
+    }
+
+    /// Refuses grants the plugin's tenant does not allow (a node without tenants allows all).
+    fn check_grants(&self, name: &str, manifest: Manifest) -> Result<Manifest, String> {
+        let Some(tenants) = self.executor.tenants() else {
+            return Ok(manifest);
+        };
+        let tenant = crate::tenancy::tenant_of(name);
+        match manifest.grants.kinds().into_iter().find(|kind| !tenants.allows(tenant, kind)) {
+            Some(kind) => Err(format!(
+                "grant `{kind}` is not allowed for tenant `{tenant}` (add it to the tenant's `grants` in the tenants file)"
+            )),
+            None => Ok(manifest),
+        }
     }
 
     async fn reconcile_component(&self, name: &str, entry: &mut Entry, present: bool) -> bool {

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::config::Limits;
+use crate::runtime::Grants;
 
 /// A parsed sidecar manifest.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -36,6 +37,34 @@ pub struct Manifest {
     pub public: bool,
     #[serde(default)]
     pub limits: ManifestLimits,
+    /// Capabilities beyond the contract; honoured only where the plugin's tenant allows them.
+    #[serde(default)]
+    pub grants: ManifestGrants,
+}
+
+/// What a plugin may see of the host; nothing by default.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestGrants {
+    /// An absolute host directory the plugin may read, mounted read-only at `/data`.
+    pub read_dir: Option<std::path::PathBuf>,
+    /// Names of the node's environment variables the plugin sees.
+    #[serde(default)]
+    pub env: Vec<String>,
+}
+
+impl ManifestGrants {
+    /// The kinds of capability granted, as tenants allow them: `read_dir`, `env`.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut kinds = Vec::new();
+        if self.read_dir.is_some() {
+            kinds.push("read_dir");
+        }
+        if !self.env.is_empty() {
+            kinds.push("env");
+        }
+        kinds
+    }
 }
 
 /// Per-plugin limits; each falls back to the node's.
@@ -61,6 +90,7 @@ impl Default for Manifest {
             enabled: true,
             public: false,
             limits: ManifestLimits::default(),
+            grants: ManifestGrants::default(),
         }
     }
 }
@@ -83,6 +113,14 @@ impl Manifest {
         if limits.memory_mb.is_some_and(|mb| mb > 1 << 20) {
             return Err("`limits.memory_mb` is larger than 1 TiB".into());
         }
+        if let Some(dir) = &manifest.grants.read_dir {
+            if !dir.is_absolute() {
+                return Err(format!(
+                    "`grants.read_dir` must be an absolute path, not {}",
+                    dir.display()
+                ));
+            }
+        }
         Ok(manifest)
     }
 
@@ -99,7 +137,25 @@ impl Manifest {
                 .map_or(node.memory_limit_bytes, |mb| (mb as usize) << 20),
             concurrency: self.limits.max_instances.map(|n| Arc::new(Semaphore::new(n as usize))),
             instance_reuse: self.limits.instance_reuse.unwrap_or(node.instance_reuse),
+            grants: self.granted(),
         })
+    }
+
+    /// The grants, resolved: environment variables take the node's values (unset ones are left out).
+    fn granted(&self) -> Option<Arc<Grants>> {
+        let grants = &self.grants;
+        if grants.kinds().is_empty() {
+            return None;
+        }
+        let env = grants
+            .env
+            .iter()
+            .filter_map(|name| std::env::var(name).ok().map(|value| (name.clone(), value)))
+            .collect();
+        Some(Arc::new(Grants {
+            read_dir: grants.read_dir.clone(),
+            env,
+        }))
     }
 }
 
@@ -112,6 +168,8 @@ pub struct PluginSettings {
     pub concurrency: Option<Arc<Semaphore>>,
     /// Calls one instance serves before it is replaced.
     pub instance_reuse: u32,
+    /// What its instances may see of the host.
+    pub grants: Option<Arc<Grants>>,
 }
 
 #[cfg(test)]

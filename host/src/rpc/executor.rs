@@ -273,7 +273,7 @@ impl Executor {
         };
         let mut tasks = JoinSet::new();
         for (slot, p) in prepared.into_iter().enumerate() {
-            let me = me.clone();
+            let (me, context) = (me.clone(), context.clone());
             tasks.spawn(async move {
                 let outcome = match p {
                     Ok((fun, args, kwargs, selector)) => me.dispatch(&fun, args, kwargs, &selector, context).await,
@@ -304,6 +304,7 @@ impl Executor {
             depth: 0,
             memory_limit_bytes: self.limits.memory_limit_bytes,
             instance_reuse: self.limits.instance_reuse,
+            grants: None,
         }
     }
 
@@ -395,6 +396,7 @@ impl Executor {
         let context = CallContext {
             memory_limit_bytes: settings.memory_limit_bytes,
             instance_reuse: settings.instance_reuse,
+            grants: settings.grants.clone(),
             ..context
         };
         let _slot = match &settings.concurrency {

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::weft::plugin::host::{Host, Level};
 use super::bindings::weft::plugin::types::{self, CallError};
-use super::{CallContext, GuestCall, HostCalls};
+use super::{CallContext, Grants, GuestCall, HostCalls};
 use crate::error::CommandError;
 
 /// Longest plugin log line kept; the rest is cut.
@@ -37,15 +37,29 @@ pub(crate) struct CallScope {
 }
 
 impl HostState {
-    pub(crate) fn new(plugin: Arc<str>, memory_limit: usize, deadline: Instant) -> Self {
-        // Nothing is granted: no files, environment, arguments, sockets or name lookups;
-        // stdin is closed and stdout/stderr are discarded (plugins log through `host.log`).
-        let wasi = WasiCtx::builder()
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        HostState {
+    /// The state of a new instance. Nothing is granted but `grants`: no other files, no other
+    /// environment, no arguments, sockets or name lookups; stdin is closed and stdout/stderr
+    /// are discarded (plugins log through `host.log`).
+    pub(crate) fn new(
+        plugin: Arc<str>,
+        memory_limit: usize,
+        deadline: Instant,
+        grants: Option<&Grants>,
+    ) -> Result<Self, String> {
+        let mut builder = WasiCtx::builder();
+        builder.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        if let Some(grants) = grants {
+            if let Some(dir) = &grants.read_dir {
+                builder
+                    .preopened_dir(dir, super::GRANTED_DIR, FsPerms::ReadOnly)
+                    .map_err(|e| format!("the granted directory {}: {e:#}", dir.display()))?;
+            }
+            for (name, value) in &grants.env {
+                builder.env(name, value);
+            }
+        }
+        let wasi = builder.build();
+        Ok(HostState {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
@@ -57,7 +71,7 @@ impl HostState {
             plugin,
             deadline,
             scope: None,
-        }
+        })
     }
 }
 
@@ -146,7 +160,7 @@ impl Host for HostState {
             kwargs_json,
             resources,
             plugin: self.plugin.clone(),
-            parent: scope.context,
+            parent: scope.context.clone(),
         };
         let future = scope.host_calls.call(call);
         future.await.map_err(to_wit)

@@ -17,6 +17,8 @@ pub(crate) struct Warm {
     pub(crate) store: Store<HostState>,
     pub(crate) bindings: CommandPlugin,
     pub(crate) uses: u32,
+    /// What it was instantiated with.
+    pub(crate) grants: Option<std::sync::Arc<super::Grants>>,
 }
 
 /// Idle instances of every plugin, bounded in number.

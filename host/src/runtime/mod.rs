@@ -48,7 +48,7 @@ pub trait HostCalls: Send + Sync + 'static {
 }
 
 /// What travels with one call into a plugin.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CallContext {
     /// When the call must have finished.
     pub deadline: Instant,
@@ -60,4 +60,19 @@ pub struct CallContext {
     pub memory_limit_bytes: usize,
     /// Calls the serving instance may serve before it is replaced (1: a fresh instance per call).
     pub instance_reuse: u32,
+    /// What the serving plugin's instances are granted beyond the contract (files, environment).
+    pub grants: Option<Arc<Grants>>,
 }
+
+/// Capabilities granted to a plugin by its sidecar (and allowed by its tenant): nothing else
+/// of the host is visible to it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// A host directory the plugin may read, mounted read-only at [`GRANTED_DIR`].
+    pub read_dir: Option<std::path::PathBuf>,
+    /// Environment variables the plugin sees, with the node's values.
+    pub env: Vec<(String, String)>,
+}
+
+/// Where a granted directory appears inside a plugin.
+pub const GRANTED_DIR: &str = "/data";

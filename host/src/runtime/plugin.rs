@@ -20,7 +20,7 @@ use super::cache::Origin;
 use super::engine::{RuntimeError, Shared};
 use super::host::{from_wit, CallScope, HostState};
 use super::idle::Warm;
-use super::{CallContext, HostCalls};
+use super::{CallContext, Grants, HostCalls};
 use crate::error::CommandError;
 
 /// Extra time past a call's deadline before the host abandons it while it waits in a host
@@ -92,7 +92,7 @@ impl Plugin {
         })?;
         let deadline = Instant::now() + plugin.shared.limits.call_deadline;
         let mut warm = plugin
-            .instantiate(deadline)
+            .instantiate(deadline, None)
             .await
             .map_err(|reason| RuntimeError::Instantiate {
                 name: name.clone(),
@@ -155,8 +155,9 @@ impl Plugin {
         host_calls: Arc<dyn HostCalls>,
     ) -> Result<String, CommandError> {
         let budget_ms = context.budget.as_millis();
+        let abandon_at = context.deadline + ABANDON_GRACE;
         let run = self.invoke_within(command, args_json, kwargs_json, context, host_calls);
-        match tokio::time::timeout_at(context.deadline + ABANDON_GRACE, run).await {
+        match tokio::time::timeout_at(abandon_at, run).await {
             Ok(outcome) => outcome,
             // Abandoned while waiting (for a slot, or in a host call); an instance in use is
             // dropped with the future and never serves again.
@@ -186,13 +187,14 @@ impl Plugin {
         } else {
             None
         };
-        let mut warm = match self.take_idle() {
+        let mut warm = match self.take_idle(context.grants.as_ref()) {
             Some(warm) => warm,
             None => self
-                .instantiate(context.deadline)
+                .instantiate(context.deadline, context.grants.clone())
                 .await
                 .map_err(|reason| CommandError::Failed(format!("{}: instantiation failed: {reason}", self.name)))?,
         };
+        let reuse = context.instance_reuse;
         {
             let state = warm.store.data_mut();
             state.deadline = context.deadline;
@@ -200,14 +202,13 @@ impl Plugin {
             state.limiter.hit = false;
             state.scope = Some(CallScope {
                 command: command.to_string(),
-                context,
+                context: context.clone(),
                 host_calls,
                 last_error_log: None,
             });
         }
         warm.store.set_epoch_deadline(1);
         warm.uses += 1;
-        let reuse = context.instance_reuse;
         let ticking = self.shared.ticker.ticking();
         let result = warm
             .bindings
@@ -218,6 +219,14 @@ impl Plugin {
         match result {
             Ok(Ok(json)) => {
                 self.release(warm, reuse);
+                // A result must fit in a frame, like a request.
+                let limit = self.shared.limits.max_frame_bytes;
+                if json.len() > limit {
+                    return Err(CommandError::Failed(format!(
+                        "{command}: the result of {} bytes exceeds the limit of {limit} bytes",
+                        json.len()
+                    )));
+                }
                 Ok(json)
             }
             Ok(Err(error)) => {
@@ -259,10 +268,16 @@ impl Plugin {
         }
     }
 
-    async fn instantiate(&self, deadline: Instant) -> Result<Warm, String> {
+    /// A new instance, with `grants` (none: nothing of the host is visible to it).
+    async fn instantiate(&self, deadline: Instant, grants: Option<Arc<Grants>>) -> Result<Warm, String> {
         let _ticking = self.shared.ticker.ticking();
         loop {
-            let state = HostState::new(self.name.clone(), self.shared.limits.memory_limit_bytes, deadline);
+            let state = HostState::new(
+                self.name.clone(),
+                self.shared.limits.memory_limit_bytes,
+                deadline,
+                grants.as_deref(),
+            )?;
             let mut store = Store::new(&self.shared.engine, state);
             store.limiter(|state| &mut state.limiter);
             store.epoch_deadline_callback(|ctx| {
@@ -281,6 +296,7 @@ impl Plugin {
                         store,
                         bindings,
                         uses: 0,
+                        grants,
                     });
                 }
                 // The pool is full: idle instances give way to a call.
@@ -292,8 +308,16 @@ impl Plugin {
         }
     }
 
-    fn take_idle(&self) -> Option<Warm> {
-        self.shared.idle.take(self.id)
+    /// An idle instance made with the same grants; one made with others (the sidecar changed,
+    /// or it is the instance that answered `describe`) is dropped.
+    fn take_idle(&self, grants: Option<&Arc<Grants>>) -> Option<Warm> {
+        let warm = self.shared.idle.take(self.id)?;
+        let same = match (warm.grants.as_ref(), grants) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            _ => false,
+        };
+        same.then_some(warm)
     }
 
     /// Keeps a healthy instance warm, unless it has served its share of calls or grew.
