@@ -30,6 +30,8 @@ pub struct NodeConfig {
     pub fabric: Option<FabricConfig>,
     /// The tenants it serves; `None`: an open node, every client sees every command.
     pub tenants: Option<Arc<crate::tenancy::Tenants>>,
+    /// TLS for the listener (`wss://`) and for dialing peers; `None`: plain `ws://`.
+    pub tls: Option<crate::net::tls::Tls>,
 }
 
 /// A node serving clients.
@@ -79,21 +81,31 @@ impl Node {
         } else {
             local.ip().to_string()
         };
+        let scheme = if config.tls.is_some() { "wss" } else { "ws" };
         let url = match local {
             SocketAddr::V6(_) if !local.ip().is_unspecified() => {
-                format!("ws://[{host}]:{}", local.port())
+                format!("{scheme}://[{host}]:{}", local.port())
             }
-            _ => format!("ws://{host}:{}", local.port()),
+            _ => format!("{scheme}://{host}:{}", local.port()),
         };
         let (shutdown, stop) = watch::channel(false);
         let fabric = config.fabric.map(|mut fabric| {
             if fabric.advertise_url.is_empty() {
                 fabric.advertise_url = url.clone();
             }
+            if let Some(tls) = &config.tls {
+                fabric.tls = Some(tls.peer_client.clone());
+            }
             Fabric::start(fabric, executor.clone(), stop.clone())
         });
         let peers = fabric.clone().map(|f| f as Arc<dyn PeerHandler>);
-        let server = tokio::spawn(crate::net::server::serve(listener, executor.clone(), peers, stop));
+        let server = tokio::spawn(crate::net::server::serve(
+            listener,
+            executor.clone(),
+            peers,
+            config.tls.clone(),
+            stop,
+        ));
         tracing::info!(%url, commands = executor.table().commands().len(), "node serving");
         Ok(Node {
             url,

@@ -30,6 +30,8 @@ pub struct TestNode {
     pub process: NodeProcess,
     pub dir: tempfile::TempDir,
     pub cache: tempfile::TempDir,
+    /// The CA its `wss://` listener's certificate chains to (`--tls-ca`), if it serves TLS.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl TestNode {
@@ -59,7 +61,16 @@ impl TestNode {
         let process = NodeProcess::spawn(Path::new(env!("CARGO_BIN_EXE_weft")), &args, Duration::from_secs(60))
             .await
             .expect("node starts");
-        TestNode { process, dir, cache }
+        let tls_ca = extra_args
+            .iter()
+            .find_map(|a| a.strip_prefix("--tls-ca="))
+            .map(PathBuf::from);
+        TestNode {
+            process,
+            dir,
+            cache,
+            tls_ca,
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -67,7 +78,11 @@ impl TestNode {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(self.url()).await.unwrap()
+        let tls = self
+            .tls_ca
+            .as_deref()
+            .map(|ca| weft::net::tls::client_trusting(ca).unwrap());
+        Client::connect_with(self.url(), None, tls).await.unwrap()
     }
 }
 

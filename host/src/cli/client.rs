@@ -18,11 +18,18 @@ pub struct NodeTarget {
     /// A tenant's API token, sent as `Authorization: Bearer` (nodes with tenants require one).
     #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The CA (PEM) a `wss://` node's certificate must chain to.
+    #[arg(long, env = "WEFT_TLS_CA")]
+    tls_ca: Option<PathBuf>,
 }
 
 impl NodeTarget {
     async fn connect(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect_as(&self.url, self.token.as_deref()).await?)
+        let tls = match &self.tls_ca {
+            Some(ca) => Some(weft::net::tls::client_trusting(ca).context("loading the CA")?),
+            None => None,
+        };
+        Ok(Client::connect_with(&self.url, self.token.as_deref(), tls).await?)
     }
 }
 

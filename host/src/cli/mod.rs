@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node serving the plugins of a directory.
-    Node(node::NodeArgs),
+    Node(Box<node::NodeArgs>),
     /// Call one command and print its JSON result.
     Call(client::CallArgs),
     /// Send a multi-command request from a JSON file (or `-` for standard input).
@@ -58,7 +58,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Node(args) => node::run(args).await,
+            Command::Node(args) => node::run(*args).await,
             Command::Call(args) => client::call(args).await,
             Command::Request(args) => client::request(args).await,
             Command::Plugins(args) => client::plugins(args).await,

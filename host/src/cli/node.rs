@@ -68,6 +68,20 @@ pub struct NodeArgs {
     /// Accept `weft.fault` calls that cut and restore peer links (for tests; never in production).
     #[arg(long, hide = true)]
     fault_injection: bool,
+    /// Serve `wss://` with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "WEFT_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "WEFT_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) that peers' certificates must chain to; dialed `wss://` peers are checked
+    /// against it and nothing else.
+    #[arg(long, env = "WEFT_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Mutual TLS between peers: present --tls-cert when dialing, and refuse peers that show no
+    /// certificate signed by --tls-ca (clients still need none).
+    #[arg(long, env = "WEFT_PEER_MTLS")]
+    peer_mtls: bool,
     /// A TOML file of tenants (ids, hashed API tokens, limits). With it, clients must send a
     /// tenant's token and see only its commands and public ones [default: an open node].
     #[arg(long, env = "WEFT_TENANTS")]
@@ -126,6 +140,20 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         max_mesh: args.max_mesh.max(1),
         timing: Timing::default(),
         fault_injection: args.fault_injection,
+        tls: None,
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            weft::net::tls::Tls::load(&weft::net::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: args.tls_ca.clone(),
+                peer_mtls: args.peer_mtls,
+            })
+            .context("loading the TLS certificate")?,
+        ),
+        (None, None) if args.tls_ca.is_none() && !args.peer_mtls => None,
+        _ => anyhow::bail!("TLS needs both --tls-cert and --tls-key (--tls-ca and --peer-mtls only with them)"),
     };
     tracing::info!(node = %fabric.node_id, cluster = %fabric.cluster, seeds = ?fabric.seeds, "joining the fabric");
     let stop = stop_signal()?;
@@ -137,6 +165,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         cache_dir,
         fabric: Some(fabric),
         tenants,
+        tls,
     })
     .await?;
     {

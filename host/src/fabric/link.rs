@@ -38,8 +38,13 @@ struct Peer {
 /// Dials `url` and, once authenticated, runs the link.
 pub async fn dial(fabric: Arc<Fabric>, url: String) {
     let target = format!("{}{PEER_PATH}", url.trim_end_matches('/'));
-    let connect =
-        tokio_tungstenite::connect_async_with_config(target.as_str(), Some(ws_config(fabric.peer_frame_limit())), true);
+    let connector = fabric.peer_tls().map(tokio_tungstenite::Connector::Rustls);
+    let connect = tokio_tungstenite::connect_async_tls_with_config(
+        target.as_str(),
+        Some(ws_config(fabric.peer_frame_limit())),
+        true,
+        connector,
+    );
     let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
         Ok(Ok((ws, _))) => ws,
         Ok(Err(e)) => {

@@ -29,7 +29,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -88,6 +87,9 @@ pub struct FabricConfig {
     pub timing: Timing,
     /// Accept `weft.fault` calls that cut and restore links (tests only).
     pub fault_injection: bool,
+    /// How `wss://` peers are dialed: the CA they must chain to, and this node's certificate
+    /// with mutual TLS. `None`: only `ws://` peers.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// This node's part of the fabric.
@@ -150,6 +152,11 @@ impl Fabric {
     }
 
     /// Largest peer frame, in both directions: twice the client request limit, as clients get.
+    /// The TLS configuration peers are dialed with, when the fabric runs over `wss://`.
+    fn peer_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.config.tls.clone()
+    }
+
     fn peer_frame_limit(&self) -> usize {
         self.executor.limits().max_frame_bytes.saturating_mul(2)
     }
@@ -643,7 +650,7 @@ impl Remote for Fabric {
 impl PeerHandler for Fabric {
     fn accept(
         &self,
-        ws: WebSocketStream<TcpStream>,
+        ws: WebSocketStream<crate::net::tls::Stream>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         let me = self.me.upgrade();
         Box::pin(async move {

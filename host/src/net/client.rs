@@ -50,6 +50,15 @@ impl Client {
 
     /// Connects with a tenant's API token (`Authorization: Bearer <token>`), when given.
     pub async fn connect_as(url: &str, token: Option<&str>) -> Result<Client, ClientError> {
+        Client::connect_with(url, token, None).await
+    }
+
+    /// Connects with a token and, for `wss://` URLs, a TLS configuration (the CA to trust).
+    pub async fn connect_with(
+        url: &str,
+        token: Option<&str>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Client, ClientError> {
         let failed = |reason: String| ClientError::Connect {
             url: url.to_string(),
             reason,
@@ -62,7 +71,8 @@ impl Client {
             request.headers_mut().insert(AUTHORIZATION, value);
         }
         let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+        let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector)
             .await
             .map_err(|e| failed(refusal_reason(e)))?;
         let (mut sink, mut source) = ws.split();

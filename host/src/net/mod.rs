@@ -2,5 +2,6 @@
 
 pub mod client;
 pub mod server;
+pub mod tls;
 
 pub use client::{Client, ClientError};

@@ -28,10 +28,14 @@ const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::rpc::{codes, ErrorBody, Executor, Response};
 use crate::tenancy::{Tenant, Tenants};
 
+use super::tls::{Stream, Tls};
+
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Takes over WebSocket connections made to the peer path ([`crate::fabric::wire::PEER_PATH`]).
 pub trait PeerHandler: Send + Sync + 'static {
-    fn accept(&self, ws: WebSocketStream<TcpStream>)
-        -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+    fn accept(&self, ws: WebSocketStream<Stream>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 }
 
 /// Accepts client connections (and, with `peers`, peer connections) until `shutdown` turns
@@ -40,6 +44,7 @@ pub async fn serve(
     listener: TcpListener,
     executor: Arc<Executor>,
     peers: Option<Arc<dyn PeerHandler>>,
+    tls: Option<Tls>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
@@ -47,7 +52,7 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(connection(stream, peer, executor.clone(), peers.clone(), shutdown.clone()));
+                    connections.spawn(connection(stream, peer, executor.clone(), peers.clone(), tls.clone(), shutdown.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -68,11 +73,35 @@ async fn connection(
     peer: SocketAddr,
     executor: Arc<Executor>,
     peers: Option<Arc<dyn PeerHandler>>,
+    tls: Option<Tls>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
     }
+    // With TLS, whether the other side showed a certificate (one it shows is always verified
+    // against the CA).
+    let (stream, certified): (Stream, bool) = match &tls {
+        Some(tls) => {
+            let accept = tokio_rustls::TlsAcceptor::from(tls.server.clone()).accept(stream);
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+                Ok(Ok(stream)) => {
+                    let certified = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                    (Box::new(stream), certified)
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "tls handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("tls handshake timed out");
+                    return;
+                }
+            }
+        }
+        None => (Box::new(stream), false),
+    };
+    let peers_need_certificates = tls.as_ref().is_some_and(|t| t.peer_mtls);
     // Frames up to twice the request limit are read and answered with a clear error; larger
     // ones close the connection with code 1009 (message too big).
     let hard_limit = executor.limits().max_frame_bytes.saturating_mul(2);
@@ -86,6 +115,12 @@ async fn connection(
     #[allow(clippy::result_large_err)]
     let check = |request: &Request, response: HandshakeResponse| {
         path = request.uri().path().to_string();
+        if path == crate::fabric::wire::PEER_PATH && peers_need_certificates && !certified {
+            tracing::info!(%peer, "peer refused: no client certificate");
+            return Err(refusal(
+                "peers must present a certificate signed by the cluster's CA (--peer-mtls)",
+            ));
+        }
         // Peers prove the cluster secret in their own handshake; clients bring a tenant's token.
         if let (Some(tenants), false) = (&tenants, path == crate::fabric::wire::PEER_PATH) {
             match authenticate(tenants, request) {
@@ -162,7 +197,7 @@ async fn connection(
 
 /// Moves queued replies into the socket and flushes; ready once everything is flushed.
 fn write_some(
-    sink: &mut SplitSink<WebSocketStream<TcpStream>, Message>,
+    sink: &mut SplitSink<WebSocketStream<Stream>, Message>,
     outbox: &mut VecDeque<Message>,
     unflushed: &mut bool,
     cx: &mut Context<'_>,

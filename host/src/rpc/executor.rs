@@ -133,7 +133,8 @@ impl Executor {
             Err((u, error)) => return Response::error(u, error),
         };
         let _slot = match tenant {
-            Some(tenant) => match admit(tenant, request.cmds.len()).await {
+            // Boxed: waiting for a slot must not grow every request's future.
+            Some(tenant) => match Box::pin(admit(tenant, request.cmds.len())).await {
                 Ok(slot) => slot,
                 Err(refusal) => {
                     let details = match refusal {
@@ -144,9 +145,12 @@ impl Executor {
             },
             None => None,
         };
-        let caller = self.caller_tenant(tenant.map(|t| &*t.id));
-        for cmd in &mut request.cmds {
-            cmd.selector.tenant = caller.clone();
+        // In a block: nothing but the slot is kept across the request's execution.
+        {
+            let caller = self.caller_tenant(tenant.map(|t| &*t.id));
+            for cmd in &mut request.cmds {
+                cmd.selector.tenant = caller.clone();
+            }
         }
         self.execute(request).await
     }
