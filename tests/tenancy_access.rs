@@ -15,18 +15,22 @@ use weft::tenancy::hash_token;
 const ACME: &str = "acme-token";
 const BETA: &str = "beta-token";
 const SLOW: &str = "slow-token";
+const SMALL: &str = "small-token";
 
-/// A tenants file in `dir`: acme, beta, and `slow` (5 calls per second, one request at a time).
+/// A tenants file in `dir`: acme, beta, `slow` (5 calls per second, one request at a time) and
+/// `small` (16 MiB, 300 ms and 2 KiB requests at most).
 fn tenants_file(dir: &Path) -> String {
     let path = dir.join("tenants.toml");
     std::fs::write(
         &path,
         format!(
             "[[tenant]]\nid = \"acme\"\ntokens = [\"{}\"]\n\n[[tenant]]\nid = \"beta\"\ntokens = [\"{}\"]\n\n\
-             [[tenant]]\nid = \"slow\"\ntokens = [\"{}\"]\ncalls_per_second = 5\nmax_concurrent = 1\n",
+             [[tenant]]\nid = \"slow\"\ntokens = [\"{}\"]\ncalls_per_second = 5\nmax_concurrent = 1\n\n\
+             [[tenant]]\nid = \"small\"\ntokens = [\"{}\"]\nmemory_mb = 16\ndeadline_ms = 300\nmax_request_bytes = 2048\n",
             hash_token(ACME),
             hash_token(BETA),
-            hash_token(SLOW)
+            hash_token(SLOW),
+            hash_token(SMALL)
         ),
     )
     .unwrap();
@@ -193,4 +197,36 @@ async fn rate_and_concurrency_limits_are_clear_errors() {
     let (code, details) = second.unwrap_err();
     assert_eq!(code, 1005);
     assert!(details.contains("tenant `slow` is busy"), "{details}");
+}
+
+#[tokio::test]
+async fn a_tenants_ceilings_hold_whatever_its_sidecars_say() {
+    let config = tempfile::tempdir().unwrap();
+    let node = TestNode::start(&[], &[&tenants_file(config.path())]).await;
+    install(&node, "small", "hostile", "hostile.wasm");
+    std::fs::write(
+        node.dir.path().join("small/hostile.toml"),
+        "[limits]\nmemory_mb = 512\ndeadline_ms = 60000\n",
+    )
+    .unwrap();
+    let small = client(&node, SMALL).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            call(&small, "hostile.ok", json!([])).await.is_ok()
+        })
+        .await
+    );
+    let (code, details) = call(&small, "hostile.grow", json!([])).await.unwrap_err();
+    assert_eq!(code, 1003);
+    assert!(details.contains("memory limit of 16 MiB"), "{details}");
+    let (code, details) = call(&small, "hostile.spin", json!([])).await.unwrap_err();
+    assert_eq!(code, 1004, "{details}");
+    assert!(details.contains("deadline of 300 ms"), "{details}");
+    let (code, details) = call(&small, "echo", json!(["x".repeat(4096)])).await.unwrap_err();
+    assert_eq!(code, 1002);
+    assert!(
+        details.contains("exceeds tenant `small`'s limit of 2048 bytes"),
+        "{details}"
+    );
+    assert_eq!(call(&small, "hostile.ok", json!([])).await, Ok(json!("ok")));
 }

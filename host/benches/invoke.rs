@@ -31,7 +31,7 @@ async fn run() -> anyhow::Result<()> {
         let served = Served {
             plugin: plugin.clone(),
             extra_tags: Vec::new(),
-            settings: Manifest::default().settings(&limits),
+            settings: Manifest::default().settings(&limits, weft::tenancy::Ceiling::default()),
             public: false,
         };
         executor.set_table(CommandTable::build(&[served], &[]).0);

@@ -82,6 +82,18 @@ struct TenantEntry {
     /// Capabilities its plugins' sidecars may grant: `read_dir`, `env`.
     #[serde(default)]
     grants: Vec<String>,
+    /// Ceilings for its plugins, whatever their sidecars say.
+    memory_mb: Option<u64>,
+    deadline_ms: Option<u64>,
+    /// Largest request frame its clients may send.
+    max_request_bytes: Option<usize>,
+}
+
+/// What a tenant's plugins and requests may use at most; `None`: the node's limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ceiling {
+    pub memory_bytes: Option<usize>,
+    pub deadline: Option<Duration>,
 }
 
 /// Why a request of a tenant is not run now.
@@ -99,6 +111,9 @@ pub struct Tenant {
     running: Option<Arc<Semaphore>>,
     max_concurrent: u32,
     grants: Vec<String>,
+    ceiling: Ceiling,
+    /// Largest request frame its clients may send, when below the node's.
+    pub max_request_bytes: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -149,8 +164,7 @@ impl Tenant {
 #[derive(Debug, Default)]
 pub struct Tenants {
     by_token: HashMap<String, Arc<Tenant>>,
-    /// Tenants without tokens (they own plugins but no client acts as them).
-    unlisted: Vec<Arc<Tenant>>,
+    by_id: HashMap<String, Arc<Tenant>>,
     ids: Vec<Arc<str>>,
 }
 
@@ -192,6 +206,12 @@ impl Tenants {
                     GRANT_KINDS.join(", ")
                 ));
             }
+            if entry.memory_mb == Some(0) || entry.deadline_ms == Some(0) || entry.max_request_bytes == Some(0) {
+                return Err(format!(
+                    "tenant `{}`: a limit of 0 would make it unusable; remove the key to use the node's",
+                    entry.id
+                ));
+            }
             if entry.max_concurrent == Some(0) {
                 return Err(format!("tenant `{}`: max_concurrent must be at least 1", entry.id));
             }
@@ -207,6 +227,11 @@ impl Tenants {
                 running: entry.max_concurrent.map(|n| Arc::new(Semaphore::new(n as usize))),
                 max_concurrent: entry.max_concurrent.unwrap_or(0),
                 grants: entry.grants.clone(),
+                ceiling: Ceiling {
+                    memory_bytes: entry.memory_mb.map(|mb| (mb as usize) << 20),
+                    deadline: entry.deadline_ms.map(Duration::from_millis),
+                },
+                max_request_bytes: entry.max_request_bytes,
             });
             for token in entry.tokens {
                 let Some(digest) = token.strip_prefix("sha256:") else {
@@ -223,9 +248,7 @@ impl Tenants {
                     return Err(format!("tenant `{}`: a token is listed twice", entry.id));
                 }
             }
-            if !tenants.by_token.values().any(|t| Arc::ptr_eq(t, &tenant)) {
-                tenants.unlisted.push(tenant.clone());
-            }
+            tenants.by_id.insert(entry.id.clone(), tenant.clone());
             tenants.ids.push(tenant.id.clone());
         }
         if tenants.ids.is_empty() {
@@ -244,10 +267,14 @@ impl Tenants {
     pub fn allows(&self, tenant: &str, kind: &str) -> bool {
         tenant == DEFAULT_TENANT
             || self
-                .by_token
-                .values()
-                .chain(self.unlisted.iter())
-                .any(|t| &*t.id == tenant && t.grants.iter().any(|g| g == kind))
+                .by_id
+                .get(tenant)
+                .is_some_and(|t| t.grants.iter().any(|g| g == kind))
+    }
+
+    /// The ceilings of `tenant`'s plugins (none for the operator's, or an unknown tenant's).
+    pub fn ceiling(&self, tenant: &str) -> Ceiling {
+        self.by_id.get(tenant).map(|t| t.ceiling).unwrap_or_default()
     }
 
     /// The configured tenant ids.

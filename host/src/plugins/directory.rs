@@ -107,7 +107,7 @@ impl PluginDir {
                 wasm_error: None,
                 toml_stamp: None,
                 manifest: Manifest::default(),
-                settings: Manifest::default().settings(&self.limits),
+                settings: Manifest::default().settings(&self.limits, self.ceiling(&name)),
                 toml_error: None,
             });
             changed |= self.reconcile_manifest(&name, entry, has_toml);
@@ -137,7 +137,7 @@ impl PluginDir {
                 entry.toml_error = None;
                 if manifest != entry.manifest {
                     tracing::info!(plugin = %name, "sidecar manifest applied");
-                    entry.settings = manifest.settings(&self.limits);
+                    entry.settings = manifest.settings(&self.limits, self.ceiling(name));
                     entry.manifest = manifest;
                     // Instances made under the old limits are not reused.
                     if let Some(plugin) = &entry.plugin {
@@ -152,6 +152,14 @@ impl PluginDir {
             }
         }
         true
+    }
+
+    /// The ceilings of the plugin's tenant.
+    fn ceiling(&self, name: &str) -> crate::tenancy::Ceiling {
+        self.executor
+            .tenants()
+            .map(|t| t.ceiling(crate::tenancy::tenant_of(name)))
+            .unwrap_or_default()
     }
 
     /// Refuses grants the plugin's tenant does not allow (a node without tenants allows all).

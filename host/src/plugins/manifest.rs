@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Limits;
 use crate::runtime::Grants;
+use crate::tenancy::Ceiling;
 
 /// A parsed sidecar manifest.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -124,17 +125,20 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// The limits calls of this plugin run under.
-    pub fn settings(&self, node: &Limits) -> Arc<PluginSettings> {
+    /// The limits calls of this plugin run under: its own, else the node's, never above its
+    /// tenant's `ceiling`.
+    pub fn settings(&self, node: &Limits, ceiling: Ceiling) -> Arc<PluginSettings> {
+        let deadline = self
+            .limits
+            .deadline_ms
+            .map_or(node.call_deadline, Duration::from_millis);
+        let memory = self
+            .limits
+            .memory_mb
+            .map_or(node.memory_limit_bytes, |mb| (mb as usize) << 20);
         Arc::new(PluginSettings {
-            deadline: self
-                .limits
-                .deadline_ms
-                .map_or(node.call_deadline, Duration::from_millis),
-            memory_limit_bytes: self
-                .limits
-                .memory_mb
-                .map_or(node.memory_limit_bytes, |mb| (mb as usize) << 20),
+            deadline: ceiling.deadline.map_or(deadline, |c| deadline.min(c)),
+            memory_limit_bytes: ceiling.memory_bytes.map_or(memory, |c| memory.min(c)),
             concurrency: self.limits.max_instances.map(|n| Arc::new(Semaphore::new(n as usize))),
             instance_reuse: self.limits.instance_reuse.unwrap_or(node.instance_reuse),
             grants: self.granted(),
@@ -184,7 +188,7 @@ mod tests {
         .unwrap();
         assert_eq!(m.resources, vec!["a", "b"]);
         assert!(!m.enabled);
-        let s = m.settings(&Limits::default());
+        let s = m.settings(&Limits::default(), Ceiling::default());
         assert_eq!(s.deadline, Duration::from_millis(50));
         assert_eq!(s.memory_limit_bytes, 8 << 20);
         assert_eq!(s.concurrency.as_ref().map(|c| c.available_permits()), Some(2));
@@ -192,11 +196,23 @@ mod tests {
     }
 
     #[test]
+    fn a_tenant_ceiling_caps_the_sidecar_and_the_node() {
+        let m = Manifest::parse("[limits]\nmemory_mb = 512\n").unwrap();
+        let ceiling = Ceiling {
+            memory_bytes: Some(64 << 20),
+            deadline: Some(Duration::from_millis(100)),
+        };
+        let s = m.settings(&Limits::default(), ceiling);
+        assert_eq!(s.memory_limit_bytes, 64 << 20);
+        assert_eq!(s.deadline, Duration::from_millis(100));
+    }
+
+    #[test]
     fn empty_manifest_keeps_node_limits() {
         let m = Manifest::parse("").unwrap();
         assert!(m.enabled);
         let node = Limits::default();
-        let s = m.settings(&node);
+        let s = m.settings(&node, Ceiling::default());
         assert_eq!(s.deadline, node.call_deadline);
         assert!(s.concurrency.is_none());
         assert_eq!(s.instance_reuse, node.instance_reuse);

@@ -128,6 +128,19 @@ impl Executor {
                 ),
             );
         }
+        if let Some(limit) = tenant.and_then(|t| t.max_request_bytes.filter(|limit| frame.len() > *limit)) {
+            return Response::error(
+                protocol::request_id(frame),
+                ErrorBody::new(
+                    codes::INVALID_REQUEST,
+                    format!(
+                        "request of {} bytes exceeds tenant `{}`'s limit of {limit} bytes",
+                        frame.len(),
+                        tenant.map_or("", |t| &*t.id)
+                    ),
+                ),
+            );
+        }
         let mut request = match protocol::parse(frame) {
             Ok(request) => request,
             Err((u, error)) => return Response::error(u, error),
