@@ -26,6 +26,14 @@ pub const GRANT_KINDS: &[&str] = &["read_dir", "env"];
 /// How long a request waits for one of its tenant's running slots before it is refused as busy.
 pub const BUSY_WAIT: Duration = Duration::from_millis(1000);
 
+/// Requests a tenant may run at once unless its entry says otherwise: one less than the cores,
+/// so that no tenant can keep every core busy and starve the others (`docs/benchmarks.md`,
+/// "One tenant under attack by another").
+pub fn default_max_concurrent() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    u32::try_from(cores.saturating_sub(1).max(1)).unwrap_or(u32::MAX)
+}
+
 /// The tenant a plugin belongs to: the directory it sits in below the plugin directory.
 pub fn tenant_of(plugin: &str) -> &str {
     plugin.split_once('/').map_or(DEFAULT_TENANT, |(tenant, _)| tenant)
@@ -108,7 +116,7 @@ pub enum Refusal {
 pub struct Tenant {
     pub id: Arc<str>,
     rate: Option<Mutex<Bucket>>,
-    running: Option<Arc<Semaphore>>,
+    running: Arc<Semaphore>,
     max_concurrent: u32,
     grants: Vec<String>,
     ceiling: Ceiling,
@@ -146,10 +154,9 @@ impl Tenant {
     }
 
     /// A running slot of the tenant, waited for at most [`BUSY_WAIT`].
-    pub async fn slot(&self) -> Result<Option<OwnedSemaphorePermit>, Refusal> {
-        let Some(running) = &self.running else { return Ok(None) };
-        match tokio::time::timeout(BUSY_WAIT, running.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(Some(permit)),
+    pub async fn slot(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+        match tokio::time::timeout(BUSY_WAIT, self.running.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
             _ => Err(Refusal::Busy(format!(
                 "tenant `{}` is busy: {} requests are running, its limit, and none finished within {} ms",
                 self.id,
@@ -215,6 +222,7 @@ impl Tenants {
             if entry.max_concurrent == Some(0) {
                 return Err(format!("tenant `{}`: max_concurrent must be at least 1", entry.id));
             }
+            let max_concurrent = entry.max_concurrent.unwrap_or_else(default_max_concurrent);
             let tenant = Arc::new(Tenant {
                 id: Arc::from(entry.id.as_str()),
                 rate: entry.calls_per_second.map(|per_second| {
@@ -224,8 +232,8 @@ impl Tenants {
                         updated: Instant::now(),
                     })
                 }),
-                running: entry.max_concurrent.map(|n| Arc::new(Semaphore::new(n as usize))),
-                max_concurrent: entry.max_concurrent.unwrap_or(0),
+                running: Arc::new(Semaphore::new(max_concurrent as usize)),
+                max_concurrent,
                 grants: entry.grants.clone(),
                 ceiling: Ceiling {
                     memory_bytes: entry.memory_mb.map(|mb| (mb as usize) << 20),

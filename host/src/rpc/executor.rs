@@ -148,7 +148,7 @@ impl Executor {
         let _slot = match tenant {
             // Boxed: waiting for a slot must not grow every request's future.
             Some(tenant) => match Box::pin(admit(tenant, request.cmds.len())).await {
-                Ok(slot) => slot,
+                Ok(slot) => Some(slot),
                 Err(refusal) => {
                     let details = match refusal {
                         Refusal::RateLimited(d) | Refusal::Busy(d) => d,
@@ -517,7 +517,7 @@ fn resolve_args(
 }
 
 /// Takes the request's calls from its tenant's rate and a running slot.
-async fn admit(tenant: &Tenant, calls: usize) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Refusal> {
+async fn admit(tenant: &Tenant, calls: usize) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
     tenant.admit(calls)?;
     tenant.slot().await
 }
