@@ -95,6 +95,9 @@ struct TenantEntry {
     deadline_ms: Option<u64>,
     /// Largest request frame its clients may send.
     max_request_bytes: Option<usize>,
+    /// `ed25519:<hex>` keys; when listed, its plugins must be signed by one of them.
+    #[serde(default)]
+    publishers: Vec<String>,
 }
 
 /// What a tenant's plugins and requests may use at most; `None`: the node's limit.
@@ -120,6 +123,7 @@ pub struct Tenant {
     max_concurrent: u32,
     grants: Vec<String>,
     ceiling: Ceiling,
+    publishers: Vec<[u8; 32]>,
     /// Largest request frame its clients may send, when below the node's.
     pub max_request_bytes: Option<usize>,
 }
@@ -223,6 +227,11 @@ impl Tenants {
                 return Err(format!("tenant `{}`: max_concurrent must be at least 1", entry.id));
             }
             let max_concurrent = entry.max_concurrent.unwrap_or_else(default_max_concurrent);
+            let publishers = entry
+                .publishers
+                .iter()
+                .map(|p| crate::plugins::signature::parse_public(p).map_err(|e| format!("tenant `{}`: {e}", entry.id)))
+                .collect::<Result<Vec<_>, _>>()?;
             let tenant = Arc::new(Tenant {
                 id: Arc::from(entry.id.as_str()),
                 rate: entry.calls_per_second.map(|per_second| {
@@ -240,6 +249,7 @@ impl Tenants {
                     deadline: entry.deadline_ms.map(Duration::from_millis),
                 },
                 max_request_bytes: entry.max_request_bytes,
+                publishers,
             });
             for token in entry.tokens {
                 let Some(digest) = token.strip_prefix("sha256:") else {
@@ -278,6 +288,11 @@ impl Tenants {
                 .by_id
                 .get(tenant)
                 .is_some_and(|t| t.grants.iter().any(|g| g == kind))
+    }
+
+    /// The keys `tenant`'s plugins must be signed by; empty: no signature required.
+    pub fn publishers(&self, tenant: &str) -> &[[u8; 32]] {
+        self.by_id.get(tenant).map_or(&[], |t| &t.publishers)
     }
 
     /// The ceilings of `tenant`'s plugins (none for the operator's, or an unknown tenant's).

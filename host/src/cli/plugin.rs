@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use weft::config::Limits;
+use weft::fabric::identity::NodeKey;
 use weft::runtime::Runtime;
 use weft::sdk::{self, Lang};
 
@@ -16,6 +17,26 @@ pub enum PluginCommand {
     New(NewArgs),
     /// Build a plugin's source into a component and check it against the contract.
     Build(BuildArgs),
+    /// Create a publisher key for signing plugins; prints its public key for tenants files.
+    Keygen(KeygenArgs),
+    /// Sign a component with a publisher key: writes FILE.sig beside it.
+    Sign(SignArgs),
+}
+
+#[derive(Args)]
+pub struct KeygenArgs {
+    /// Where to keep the key (its seed, mode 0600); it must not exist yet.
+    #[arg(long)]
+    key: PathBuf,
+}
+
+#[derive(Args)]
+pub struct SignArgs {
+    /// The component to sign.
+    file: PathBuf,
+    /// The publisher key (`weft plugin keygen`).
+    #[arg(long)]
+    key: PathBuf,
 }
 
 #[derive(Args)]
@@ -49,7 +70,40 @@ pub async fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
     match command {
         PluginCommand::New(args) => new(args),
         PluginCommand::Build(args) => build(args).await,
+        PluginCommand::Keygen(args) => keygen(args),
+        PluginCommand::Sign(args) => sign(args),
     }
+}
+
+fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
+    if args.key.exists() {
+        anyhow::bail!("{} exists already; keys are never overwritten", args.key.display());
+    }
+    let key = NodeKey::load_or_create_file(&args.key).context("creating the publisher key")?;
+    println!("publisher key kept in {}", args.key.display());
+    println!(
+        "tenants file line:  publishers = [\"{}\"]",
+        weft::plugins::signature::public_text(&key.public())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
+    if !args.key.is_file() {
+        anyhow::bail!(
+            "no publisher key at {} (weft plugin keygen --key PATH)",
+            args.key.display()
+        );
+    }
+    let key = NodeKey::load_or_create_file(&args.key).context("reading the publisher key")?;
+    let bytes = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let text = weft::plugins::signature::sign(&key, &weft::runtime::digest(&bytes));
+    let mut out = args.file.clone().into_os_string();
+    out.push(weft::plugins::signature::SUFFIX);
+    let out = PathBuf::from(out);
+    sdk::place(text.as_bytes(), &out).with_context(|| format!("writing {}", out.display()))?;
+    println!("signed {} → {}", args.file.display(), out.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn new(args: NewArgs) -> anyhow::Result<ExitCode> {

@@ -1,5 +1,6 @@
 //! A node's signing key: it proves the node's identity in the handshake and signs the node's
-//! record, so a record relayed by other nodes still cannot be forged by them.
+//! record, so a record relayed by other nodes still cannot be forged by them. Plugin publishers'
+//! keys (`weft plugin keygen`) are the same kind of key, kept in a file of their own.
 
 use std::path::Path;
 
@@ -41,7 +42,13 @@ impl NodeKey {
 
     /// The key kept in `dir`, created on first use.
     pub fn load_or_create(dir: &Path) -> Result<Self, KeyError> {
-        let file = dir.join(KEY_FILE);
+        Self::load_or_create_file(&dir.join(KEY_FILE))
+    }
+
+    /// The key kept in `file` (its seed in hex, mode 0600), created on first use.
+    pub fn load_or_create_file(file: &Path) -> Result<Self, KeyError> {
+        let file = file.to_path_buf();
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let path = file.display().to_string();
         match std::fs::read_to_string(&file) {
             Ok(text) => {
@@ -55,7 +62,12 @@ impl NodeKey {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = NodeKey::generate();
-                std::fs::create_dir_all(dir).map_err(|source| KeyError::Write {
+                std::fs::create_dir_all(if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    &dir
+                })
+                .map_err(|source| KeyError::Write {
                     path: path.clone(),
                     source,
                 })?;

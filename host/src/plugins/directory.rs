@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::manifest::{Manifest, PluginSettings};
+use super::signature;
 use super::table::{CommandReport, CommandTable, PluginReport, Served};
 use crate::config::Limits;
 use crate::rpc::Executor;
@@ -38,6 +39,8 @@ fn stamp(path: &Path) -> Option<Stamp> {
 struct Entry {
     /// The state of `NAME.wasm` that `plugin` / `wasm_error` reflect.
     wasm_stamp: Option<Stamp>,
+    /// The state of its signature `NAME.wasm.sig` they reflect.
+    sig_stamp: Option<Stamp>,
     plugin: Option<Arc<Plugin>>,
     wasm_error: Option<String>,
     toml_stamp: Option<Stamp>,
@@ -103,6 +106,7 @@ impl PluginDir {
         for (name, (has_wasm, has_toml)) in listing {
             let entry = entries.entry(name.clone()).or_insert_with(|| Entry {
                 wasm_stamp: None,
+                sig_stamp: None,
                 plugin: None,
                 wasm_error: None,
                 toml_stamp: None,
@@ -154,6 +158,20 @@ impl PluginDir {
         true
     }
 
+    /// Checks the component's signature when its tenant requires one.
+    fn check_signature(&self, name: &str, digest: &str, sig_path: &Path) -> Result<(), signature::SignatureError> {
+        let Some(tenants) = self.executor.tenants() else {
+            return Ok(());
+        };
+        let tenant = crate::tenancy::tenant_of(name);
+        let publishers = tenants.publishers(tenant);
+        if publishers.is_empty() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(sig_path).ok();
+        signature::check(digest, text.as_deref(), tenant, publishers)
+    }
+
     /// The ceilings of the plugin's tenant.
     fn ceiling(&self, name: &str) -> crate::tenancy::Ceiling {
         self.executor
@@ -178,8 +196,10 @@ impl PluginDir {
 
     async fn reconcile_component(&self, name: &str, entry: &mut Entry, present: bool) -> bool {
         let path = self.dir.join(format!("{name}.wasm"));
+        let sig_path = self.dir.join(format!("{name}.wasm{}", signature::SUFFIX));
         let current = if present { stamp(&path) } else { None };
-        if current == entry.wasm_stamp {
+        let sig_now = stamp(&sig_path);
+        if current == entry.wasm_stamp && sig_now == entry.sig_stamp {
             return false;
         }
         let Some(before) = current else {
@@ -202,11 +222,20 @@ impl PluginDir {
             return false;
         }
         entry.wasm_stamp = Some(before);
-        if entry
-            .plugin
-            .as_ref()
-            .is_some_and(|p| p.digest() == crate::runtime::digest(&bytes))
-        {
+        entry.sig_stamp = sig_now;
+        let digest = crate::runtime::digest(&bytes);
+        if let Err(e) = self.check_signature(name, &digest, &sig_path) {
+            let kept = if entry.plugin.is_some() {
+                "; the previous version keeps serving"
+            } else {
+                ""
+            };
+            let message = format!("{name}.wasm: {e}{kept}");
+            tracing::error!(file = %path.display(), "plugin not loaded: {message}");
+            entry.wasm_error = Some(message);
+            return true;
+        }
+        if entry.plugin.as_ref().is_some_and(|p| p.digest() == digest) {
             let had_error = entry.wasm_error.take().is_some();
             return had_error;
         }

@@ -3,6 +3,7 @@
 
 mod directory;
 mod manifest;
+pub mod signature;
 mod table;
 mod watcher;
 
