@@ -11,6 +11,7 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod fabric;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod plugins;

@@ -32,11 +32,14 @@ pub struct NodeConfig {
     pub tenants: Option<Arc<crate::tenancy::Tenants>>,
     /// TLS for the listener (`wss://`) and for dialing peers; `None`: plain `ws://`.
     pub tls: Option<crate::net::tls::Tls>,
+    /// Where to serve `/healthz`, `/readyz`, `/metrics` and `/status`; `None`: nowhere.
+    pub http: Option<SocketAddr>,
 }
 
 /// A node serving clients.
 pub struct Node {
     url: String,
+    http_url: Option<String>,
     executor: Arc<Executor>,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
@@ -106,9 +109,27 @@ impl Node {
             config.tls.clone(),
             stop,
         ));
+        let http_url = match config.http {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the http listener on {addr}"))?;
+                let local = listener.local_addr().context("reading the http listener's address")?;
+                let observed = Arc::new(crate::net::http::Observed {
+                    executor: executor.clone(),
+                    started: std::time::Instant::now(),
+                    stopping: shutdown.subscribe(),
+                });
+                tokio::spawn(crate::net::http::serve(listener, observed));
+                tracing::info!(%local, "operator endpoints: /healthz /readyz /metrics /status");
+                Some(format!("http://{local}"))
+            }
+            None => None,
+        };
         tracing::info!(%url, commands = executor.table().commands().len(), "node serving");
         Ok(Node {
             url,
+            http_url,
             executor,
             shutdown,
             server,
@@ -116,6 +137,11 @@ impl Node {
             fabric,
             _runtime: runtime,
         })
+    }
+
+    /// The base URL of the operator endpoints, with `--http`.
+    pub fn http_url(&self) -> Option<&str> {
+        self.http_url.as_deref()
     }
 
     /// The URL clients connect to.
@@ -147,6 +173,7 @@ impl Node {
 pub struct NodeProcess {
     child: tokio::process::Child,
     url: String,
+    http_url: Option<String>,
 }
 
 impl NodeProcess {
@@ -163,8 +190,12 @@ impl NodeProcess {
             .with_context(|| format!("starting {}", exe.display()))?;
         let stdout = child.stdout.take().context("no standard output of the child")?;
         let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut http_url = None;
         let url = tokio::time::timeout(timeout, async {
             while let Some(line) = lines.next_line().await? {
+                if let Some(url) = line.strip_prefix("WEFT_HTTP=") {
+                    http_url = Some(url.to_string());
+                }
                 if let Some(url) = line.strip_prefix("WEFT_URL=") {
                     return Ok(url.to_string());
                 }
@@ -175,11 +206,16 @@ impl NodeProcess {
         .with_context(|| format!("{} did not print WEFT_URL within {timeout:?}", exe.display()))??;
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(NodeProcess { child, url })
+        Ok(NodeProcess { child, url, http_url })
     }
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The operator endpoints' base URL (`WEFT_HTTP=`, printed before `WEFT_URL=`), with `--http`.
+    pub fn http_url(&self) -> Option<&str> {
+        self.http_url.as_deref()
     }
 
     /// The process id, for signals.

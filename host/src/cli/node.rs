@@ -68,6 +68,10 @@ pub struct NodeArgs {
     /// Accept `weft.fault` calls that cut and restore peer links (for tests; never in production).
     #[arg(long, hide = true)]
     fault_injection: bool,
+    /// Serve the operator endpoints (/healthz, /readyz, /metrics, /status) over HTTP here; the
+    /// address is printed as `WEFT_HTTP=` before `WEFT_URL=`.
+    #[arg(long, env = "WEFT_HTTP")]
+    http: Option<SocketAddr>,
     /// Serve `wss://` with this certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "WEFT_TLS_CERT")]
     tls_cert: Option<PathBuf>,
@@ -166,10 +170,14 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         fabric: Some(fabric),
         tenants,
         tls,
+        http: args.http,
     })
     .await?;
     {
         let mut out = std::io::stdout().lock();
+        if let Some(http) = node.http_url() {
+            writeln!(out, "WEFT_HTTP={http}").context("writing to standard output")?;
+        }
         writeln!(out, "WEFT_URL={}", node.url()).context("writing to standard output")?;
         out.flush().context("writing to standard output")?;
     }

@@ -16,6 +16,7 @@ use super::protocol::{
 };
 use crate::config::Limits;
 use crate::error::CommandError;
+use crate::metrics::{Metrics, Outcome};
 use crate::plugins::{CommandTable, Selector};
 use crate::runtime::{CallContext, CallFuture, GuestCall, HostCalls};
 use crate::tenancy::{Refusal, Tenant, Tenants};
@@ -49,6 +50,7 @@ pub struct Executor {
     table_changes: tokio::sync::watch::Sender<u64>,
     remote: std::sync::OnceLock<Arc<dyn Remote>>,
     tenants: std::sync::OnceLock<Arc<Tenants>>,
+    metrics: Metrics,
     node_tags: Vec<String>,
     limits: Limits,
     me: Weak<Executor>,
@@ -61,6 +63,7 @@ impl Executor {
             table_changes: tokio::sync::watch::channel(0).0,
             remote: std::sync::OnceLock::new(),
             tenants: std::sync::OnceLock::new(),
+            metrics: Metrics::default(),
             node_tags,
             limits,
             me: me.clone(),
@@ -89,6 +92,16 @@ impl Executor {
     /// own commands and public ones.
     pub fn set_tenants(&self, tenants: Arc<Tenants>) {
         let _ = self.tenants.set(tenants);
+    }
+
+    /// The rest of the fabric, once the node takes part in one.
+    pub fn remote(&self) -> Option<&Arc<dyn Remote>> {
+        self.remote.get()
+    }
+
+    /// The node's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The node's tenants, when it has them.
@@ -150,6 +163,7 @@ impl Executor {
             Some(tenant) => match Box::pin(admit(tenant, request.cmds.len())).await {
                 Ok(slot) => Some(slot),
                 Err(refusal) => {
+                    self.metrics.refused(matches!(refusal, Refusal::Busy(_)));
                     let details = match refusal {
                         Refusal::RateLimited(d) | Refusal::Busy(d) => d,
                     };
@@ -437,9 +451,21 @@ impl Executor {
         };
         // Boxed: the wasmtime call future is large, and requests that never reach a plugin
         // should not carry (and move) its space.
-        let json = Box::pin(plugin.invoke(fun, &args_json, &kwargs_json, context, host_calls)).await?;
-        serde_json::from_str(&json)
-            .map_err(|e| CommandError::Failed(format!("{fun}: the plugin returned invalid JSON: {e}")))
+        let started = Instant::now();
+        let outcome = Box::pin(plugin.invoke(fun, &args_json, &kwargs_json, context, host_calls))
+            .await
+            .and_then(|json| {
+                serde_json::from_str(&json)
+                    .map_err(|e| CommandError::Failed(format!("{fun}: the plugin returned invalid JSON: {e}")))
+            });
+        let counted = match &outcome {
+            Ok(_) => Outcome::Ok,
+            Err(CommandError::Timeout(_)) => Outcome::Timeout,
+            Err(_) => Outcome::Error,
+        };
+        let tenant = selector.tenant.as_deref().unwrap_or_default();
+        self.metrics.call(fun, tenant, counted, started.elapsed());
+        outcome
     }
 }
 
