@@ -153,3 +153,38 @@ async fn plugins_lists_files_states_commands_and_errors() {
         "{text}"
     );
 }
+
+#[test]
+fn logs_can_be_written_as_json_lines() {
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "node",
+            "--log-format",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+            "--plugins",
+            "/nonexistent",
+        ])
+        .arg(format!("--data-dir={}", data.path().display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let logs: Vec<Value> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("error:"))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    assert!(!logs.is_empty(), "{stderr}");
+    assert!(
+        logs.iter()
+            .any(|l| l["level"] == "INFO" && l["fields"]["message"] == "joining the fabric"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("error: plugin directory /nonexistent does not exist"),
+        "{stderr}"
+    );
+}

@@ -16,8 +16,18 @@ use clap::{Parser, Subcommand};
     about = "A fabric of nodes whose commands are WebAssembly components"
 )]
 struct Cli {
+    /// How log lines are written to standard error: `human` or `json` (one object per line).
+    /// Which lines: `RUST_LOG` (default `info`).
+    #[arg(long, global = true, value_enum, env = "WEFT_LOG_FORMAT", default_value = "human")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -48,7 +58,7 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -80,13 +90,16 @@ pub fn main() -> ExitCode {
 }
 
 /// Logs go to standard error, filtered by `RUST_LOG` (default `info`).
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
 }
 
 /// Where compiled components are kept between runs: `$XDG_CACHE_HOME/weft/compiled`, else `~/.cache/weft/compiled`.
