@@ -91,6 +91,7 @@ fn context(limits: &Limits) -> CallContext {
         memory_limit_bytes: limits.memory_limit_bytes,
         instance_reuse: limits.instance_reuse,
         grants: None,
+        trace: None,
     }
 }
 

@@ -180,11 +180,25 @@ impl NodeProcess {
     /// Runs `exe ARGS...` and waits (up to `timeout`) for the `WEFT_URL=` line it prints once
     /// it serves. Its standard error is passed through.
     pub async fn spawn(exe: &std::path::Path, args: &[String], timeout: std::time::Duration) -> anyhow::Result<Self> {
+        Self::spawn_with(exe, args, timeout, &[], None).await
+    }
+
+    /// Like [`NodeProcess::spawn`], with extra environment variables and, when given, its
+    /// standard error written to `log`.
+    pub async fn spawn_with(
+        exe: &std::path::Path,
+        args: &[String],
+        timeout: std::time::Duration,
+        env: &[(&str, &str)],
+        log: Option<std::fs::File>,
+    ) -> anyhow::Result<Self> {
         use tokio::io::AsyncBufReadExt;
+        let stderr = log.map_or_else(std::process::Stdio::inherit, std::process::Stdio::from);
         let mut child = tokio::process::Command::new(exe)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", exe.display()))?;

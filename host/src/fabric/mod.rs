@@ -32,6 +32,7 @@ use serde_json::Value;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
 
 use crate::error::CommandError;
 use crate::net::server::PeerHandler;
@@ -252,6 +253,7 @@ impl Fabric {
             path: vec![self.config.node_id.clone()],
             hops: MAX_HOPS,
             tenant: None,
+            trace: None,
         };
         let answered = matches!(
             self.exchange(&route, request, deadline).await,
@@ -324,6 +326,7 @@ impl Fabric {
             memory_limit_bytes: limits.memory_limit_bytes,
             instance_reuse: limits.instance_reuse,
             grants: None,
+            trace: request.trace.as_deref().map(Arc::from),
         };
         let selector = Selector {
             locs: request.locs,
@@ -331,8 +334,10 @@ impl Fabric {
             version_constraint: request.version_constraint,
             tenant: self.executor.caller_tenant(request.tenant.as_deref()),
         };
+        let span = tracing::info_span!("request", trace = %request.trace.as_deref().unwrap_or_default());
         self.executor
             .dispatch_local(&request.fun, request.args, request.kwargs, &selector, context)
+            .instrument(span)
             .await
             .map_err(to_wire)
     }
@@ -496,7 +501,9 @@ impl Fabric {
                 path: vec![self.config.node_id.clone()],
                 hops: MAX_HOPS,
                 tenant: selector.tenant.as_deref().map(str::to_string),
+                trace: context.trace.as_deref().map(str::to_string),
             };
+            tracing::debug!(target_node = %route.target, %fun, "routing a call");
             let avoid = vec![self.config.node_id.clone()];
             let (outcome, route) = self.exchange_routed(route, request, context.deadline, avoid).await;
             match outcome {

@@ -180,6 +180,8 @@ pub struct CallRequest {
     /// The caller's tenant, when the calling node has tenants; the serving node checks the
     /// command is visible to it.
     pub tenant: Option<String>,
+    /// The client request it serves (its `u`), so its log lines carry the same trace id.
+    pub trace: Option<String>,
 }
 
 /// A command error crossing the wire.

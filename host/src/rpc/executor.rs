@@ -182,8 +182,8 @@ impl Executor {
         self.execute(request).await
     }
 
-    /// Runs a parsed request.
-    #[tracing::instrument(level = "debug", skip_all, fields(u = %request.u, cmds = request.cmds.len()))]
+    /// Runs a parsed request. Its `u` is the trace id of every log line it causes, on every node.
+    #[tracing::instrument(name = "request", level = "info", skip_all, fields(trace = %trace_id(&request.u)))]
     pub async fn execute(&self, request: Request) -> Response {
         let started = Instant::now();
         let Request {
@@ -203,7 +203,7 @@ impl Executor {
         let mut accumulated = Map::new();
         for (level_index, level) in plan.levels.iter().enumerate() {
             let level_started = Instant::now();
-            let outcomes = self.run_level(level, &cmds, &results).await;
+            let outcomes = self.run_level(level, &cmds, &results, &trace_id(&u)).await;
             let mut level_results = Map::new();
             for (&i, outcome) in level.iter().zip(outcomes) {
                 let cmd = &cmds[i];
@@ -278,8 +278,9 @@ impl Executor {
         level: &[usize],
         cmds: &[RequestCommand],
         results: &HashMap<String, Value>,
+        trace: &str,
     ) -> Vec<Result<Value, CommandError>> {
-        let context = self.client_context();
+        let context = self.client_context(trace);
         let names: HashSet<&str> = results.keys().map(String::as_str).collect();
         let budget = self.limits.max_frame_bytes;
         let mut prepared: Vec<_> = level
@@ -328,7 +329,7 @@ impl Executor {
     }
 
     /// The context of a call made by a client: a fresh deadline, depth 0.
-    fn client_context(&self) -> CallContext {
+    fn client_context(&self, trace: &str) -> CallContext {
         CallContext {
             deadline: Instant::now() + self.limits.call_deadline,
             budget: self.limits.call_deadline,
@@ -336,6 +337,7 @@ impl Executor {
             memory_limit_bytes: self.limits.memory_limit_bytes,
             instance_reuse: self.limits.instance_reuse,
             grants: None,
+            trace: Some(Arc::from(trace)),
         }
     }
 
@@ -546,6 +548,14 @@ fn resolve_args(
 async fn admit(tenant: &Tenant, calls: usize) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
     tenant.admit(calls)?;
     tenant.slot().await
+}
+
+/// A request's `u` as a trace id: the string itself, or the JSON of another value.
+fn trace_id(u: &Value) -> String {
+    match u {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn shutting_down() -> CommandError {

@@ -62,6 +62,9 @@ pub struct CallContext {
     pub instance_reuse: u32,
     /// What the serving plugin's instances are granted beyond the contract (files, environment).
     pub grants: Option<Arc<Grants>>,
+    /// The id of the client request this call serves (its `u`), carried across hops so every
+    /// node's log lines for it can be found.
+    pub trace: Option<Arc<str>>,
 }
 
 /// Capabilities granted to a plugin by its sidecar (and allowed by its tenant): nothing else
