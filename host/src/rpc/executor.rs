@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::builtins;
 use super::plan::{plan, substitute};
@@ -179,11 +180,12 @@ impl Executor {
                 cmd.selector.tenant = caller.clone();
             }
         }
-        self.execute(request).await
+        // Its `u` is the trace id of every log line it causes, on every node.
+        let span = tracing::info_span!("request", trace = %trace_id(&request.u));
+        self.execute(request).instrument(span).await
     }
 
-    /// Runs a parsed request. Its `u` is the trace id of every log line it causes, on every node.
-    #[tracing::instrument(name = "request", level = "info", skip_all, fields(trace = %trace_id(&request.u)))]
+    /// Runs a parsed request.
     pub async fn execute(&self, request: Request) -> Response {
         let started = Instant::now();
         let Request {
@@ -203,7 +205,7 @@ impl Executor {
         let mut accumulated = Map::new();
         for (level_index, level) in plan.levels.iter().enumerate() {
             let level_started = Instant::now();
-            let outcomes = self.run_level(level, &cmds, &results, &trace_id(&u)).await;
+            let outcomes = self.run_level(level, &cmds, &results, &u).await;
             let mut level_results = Map::new();
             for (&i, outcome) in level.iter().zip(outcomes) {
                 let cmd = &cmds[i];
@@ -278,9 +280,9 @@ impl Executor {
         level: &[usize],
         cmds: &[RequestCommand],
         results: &HashMap<String, Value>,
-        trace: &str,
+        u: &Value,
     ) -> Vec<Result<Value, CommandError>> {
-        let context = self.client_context(trace);
+        let context = self.client_context(&trace_id(u));
         let names: HashSet<&str> = results.keys().map(String::as_str).collect();
         let budget = self.limits.max_frame_bytes;
         let mut prepared: Vec<_> = level
