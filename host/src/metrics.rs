@@ -56,7 +56,9 @@ struct Refusals {
 /// Every counter of a node.
 #[derive(Default)]
 pub struct Metrics {
-    calls: RwLock<HashMap<(String, String), Arc<CallStats>>>,
+    /// By command, then by tenant: looked up with borrowed names, so counting allocates only
+    /// the first time a pair is seen.
+    calls: RwLock<HashMap<String, HashMap<String, Arc<CallStats>>>>,
     refusals: Refusals,
 }
 
@@ -85,12 +87,21 @@ impl Metrics {
     }
 
     fn stats(&self, command: &str, tenant: &str) -> Arc<CallStats> {
-        let key = (command.to_string(), tenant.to_string());
-        if let Some(stats) = self.calls.read().ok().and_then(|calls| calls.get(&key).cloned()) {
+        let found = self
+            .calls
+            .read()
+            .ok()
+            .and_then(|calls| calls.get(command)?.get(tenant).cloned());
+        if let Some(stats) = found {
             return stats;
         }
         match self.calls.write() {
-            Ok(mut calls) => calls.entry(key).or_default().clone(),
+            Ok(mut calls) => calls
+                .entry(command.to_string())
+                .or_default()
+                .entry(tenant.to_string())
+                .or_default()
+                .clone(),
             Err(_) => Arc::default(),
         }
     }
@@ -98,15 +109,21 @@ impl Metrics {
     /// The call counters and histograms in the Prometheus text format.
     pub fn render_calls(&self, out: &mut String) {
         let Ok(calls) = self.calls.read() else { return };
-        let mut keys: Vec<&(String, String)> = calls.keys().collect();
-        keys.sort();
+        let mut rows: Vec<(&str, &str, &CallStats)> = calls
+            .iter()
+            .flat_map(|(command, tenants)| {
+                tenants
+                    .iter()
+                    .map(move |(tenant, s)| (command.as_str(), tenant.as_str(), &**s))
+            })
+            .collect();
+        rows.sort_by_key(|(command, tenant, _)| (*command, *tenant));
         let _ = writeln!(
             out,
             "# HELP weft_calls_total Plugin calls run on this node, by command, tenant and outcome."
         );
         let _ = writeln!(out, "# TYPE weft_calls_total counter");
-        for key in &keys {
-            let stats = &calls[*key];
+        for (command, tenant, stats) in &rows {
             for (outcome, counter) in [
                 (Outcome::Ok, &stats.ok),
                 (Outcome::Error, &stats.error),
@@ -115,8 +132,8 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "weft_calls_total{{command=\"{}\",tenant=\"{}\",outcome=\"{}\"}} {}",
-                    escape(&key.0),
-                    escape(&key.1),
+                    escape(command),
+                    escape(tenant),
                     outcome.label(),
                     counter.load(Ordering::Relaxed)
                 );
@@ -127,9 +144,8 @@ impl Metrics {
             "# HELP weft_call_duration_seconds Time plugin calls took on this node."
         );
         let _ = writeln!(out, "# TYPE weft_call_duration_seconds histogram");
-        for key in &keys {
-            let stats = &calls[*key];
-            let labels = format!("command=\"{}\",tenant=\"{}\"", escape(&key.0), escape(&key.1));
+        for (command, tenant, stats) in &rows {
+            let labels = format!("command=\"{}\",tenant=\"{}\"", escape(command), escape(tenant));
             let mut cumulative = 0;
             for (bound, bucket) in BUCKETS.iter().zip(&stats.buckets) {
                 cumulative += bucket.load(Ordering::Relaxed);

@@ -104,11 +104,20 @@ fn init_tracing(format: LogFormat) {
 
 /// Where compiled components are kept between runs: `$XDG_CACHE_HOME/weft/compiled`, else `~/.cache/weft/compiled`.
 fn default_cache_dir() -> Option<std::path::PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
+    Some(xdg_dir("XDG_CACHE_HOME", ".cache")?.join("weft").join("compiled"))
+}
+
+/// Where a node keeps its identity: `$XDG_DATA_HOME/weft`, else `~/.local/share/weft`.
+fn default_data_dir() -> Option<std::path::PathBuf> {
+    Some(xdg_dir("XDG_DATA_HOME", ".local/share")?.join("weft"))
+}
+
+/// The XDG base directory `variable` (when absolute), else `$HOME/fallback`.
+fn xdg_dir(variable: &str, fallback: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os(variable)
         .map(std::path::PathBuf::from)
         .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cache")))?;
-    Some(base.join("weft").join("compiled"))
+        .or_else(|| std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(fallback)))
 }
 
 /// `weft token`: a new token for a client, and its hash for the node's tenants file.

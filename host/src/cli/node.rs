@@ -122,7 +122,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         (false, Some(dir)) => Some(dir),
         (false, None) => super::default_cache_dir(),
     };
-    let data_dir = args.data_dir.or_else(default_data_dir);
+    let data_dir = args.data_dir.or_else(super::default_data_dir);
     let node_id = match args.node_id {
         Some(id) => id,
         None => persistent_node_id(data_dir.as_deref())?,
@@ -199,14 +199,6 @@ fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = terminate.recv() => {}
         }
     })
-}
-
-fn default_data_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))?;
-    Some(base.join("weft"))
 }
 
 /// The node id kept in `dir/node-id`, created (random) on first use.

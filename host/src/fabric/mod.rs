@@ -332,7 +332,7 @@ impl Fabric {
             locs: request.locs,
             function_id: request.function_id,
             version_constraint: request.version_constraint,
-            tenant: self.executor.caller_tenant(request.tenant.as_deref()),
+            tenant: self.executor.caller_tenant(request.tenant.as_deref().map(Arc::from)),
         };
         let span = tracing::info_span!("request", trace = %request.trace.as_deref().unwrap_or_default());
         self.executor

@@ -112,9 +112,9 @@ impl Executor {
 
     /// The tenant a call acts as: `None` on a node without tenants (every command visible);
     /// on a node with tenants, a call that names none may use public commands only.
-    pub fn caller_tenant(&self, tenant: Option<&str>) -> Option<Arc<str>> {
+    pub fn caller_tenant(&self, tenant: Option<Arc<str>>) -> Option<Arc<str>> {
         self.tenants.get()?;
-        Some(Arc::from(tenant.unwrap_or("")))
+        Some(tenant.unwrap_or_else(|| Arc::from("")))
     }
 
     /// The current table of local commands.
@@ -175,7 +175,7 @@ impl Executor {
         };
         // In a block: nothing but the slot is kept across the request's execution.
         {
-            let caller = self.caller_tenant(tenant.map(|t| &*t.id));
+            let caller = self.caller_tenant(tenant.map(|t| t.id.clone()));
             for cmd in &mut request.cmds {
                 cmd.selector.tenant = caller.clone();
             }
@@ -282,7 +282,9 @@ impl Executor {
         results: &HashMap<String, Value>,
         u: &Value,
     ) -> Vec<Result<Value, CommandError>> {
-        let context = self.client_context(&trace_id(u));
+        // The trace id is derived here, not kept: every byte held across the request's awaits
+        // is paid by every request in flight.
+        let context = self.client_context(Arc::from(trace_id(u)));
         let names: HashSet<&str> = results.keys().map(String::as_str).collect();
         let budget = self.limits.max_frame_bytes;
         let mut prepared: Vec<_> = level
@@ -331,7 +333,7 @@ impl Executor {
     }
 
     /// The context of a call made by a client: a fresh deadline, depth 0.
-    fn client_context(&self, trace: &str) -> CallContext {
+    fn client_context(&self, trace: Arc<str>) -> CallContext {
         CallContext {
             deadline: Instant::now() + self.limits.call_deadline,
             budget: self.limits.call_deadline,
@@ -339,7 +341,7 @@ impl Executor {
             memory_limit_bytes: self.limits.memory_limit_bytes,
             instance_reuse: self.limits.instance_reuse,
             grants: None,
-            trace: Some(Arc::from(trace)),
+            trace: Some(trace),
         }
     }
 
@@ -515,7 +517,7 @@ impl HostCalls for Executor {
             // A plugin's calls act as its tenant.
             let selector = Selector {
                 locs: call.resources,
-                tenant: me.caller_tenant(Some(crate::tenancy::tenant_of(&call.plugin))),
+                tenant: me.caller_tenant(Some(Arc::from(crate::tenancy::tenant_of(&call.plugin)))),
                 ..Selector::default()
             };
             let context = CallContext { depth, ..call.parent };
