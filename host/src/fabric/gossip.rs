@@ -4,7 +4,7 @@
 use tokio::sync::mpsc;
 
 use super::state::{Accepted, Rumour};
-use super::wire::{NodeRecord, PeerMessage};
+use super::wire::{Death, NodeRecord, PeerMessage};
 use super::Fabric;
 
 /// What the link does after a gossip message.
@@ -36,8 +36,8 @@ impl Fabric {
                 if let Some(incarnation) = comparison.refute {
                     self.refute(peer, incarnation);
                 }
-                for (node, incarnation, rumour) in comparison.rumours {
-                    self.spread_death(peer, node, incarnation, rumour);
+                for (death, rumour) in comparison.rumours {
+                    self.spread_death(peer, death, rumour);
                 }
             }
             PeerMessage::Want { nodes } => {
@@ -58,16 +58,16 @@ impl Fabric {
                     return Flow::Left;
                 }
             }
-            PeerMessage::Dead { node, incarnation } => {
-                if node == self.config.node_id {
+            PeerMessage::Dead(death) => {
+                if death.node == self.config.node_id {
                     // A rumour about an older incarnation was refuted already.
-                    let current = self.with_state(|s| incarnation >= s.incarnation);
+                    let current = self.with_state(|s| death.incarnation >= s.incarnation);
                     if current && !self.is_leaving() {
-                        self.refute(peer, incarnation);
+                        self.refute(peer, death.incarnation);
                     }
                 } else {
-                    let rumour = self.with_state(|s| s.rumour_dead(&node, incarnation));
-                    self.spread_death(peer, node, incarnation, rumour);
+                    let rumour = self.with_state(|s| s.rumour_dead(&death));
+                    self.spread_death(peer, death, rumour);
                 }
             }
             PeerMessage::Probe { node } => {
@@ -103,16 +103,16 @@ impl Fabric {
         }
     }
 
-    /// Acts on a rumour of `node`'s death: relays what is believed, passes it to the node itself
+    /// Acts on a rumour of a node's death: relays what is believed, passes it to the node itself
     /// when linked to it (so it can refute).
-    fn spread_death(&self, from: &str, node: String, incarnation: u64, rumour: Rumour) {
+    fn spread_death(&self, from: &str, death: Death, rumour: Rumour) {
         match rumour {
             Rumour::Believed => {
-                tracing::warn!(peer = %node, told_by = %from, "peer reported dead; its commands are withdrawn");
-                self.relay(from, PeerMessage::Dead { node, incarnation });
+                tracing::warn!(peer = %death.node, told_by = %from, "peer reported dead; its commands are withdrawn");
+                self.relay(from, PeerMessage::Dead(death));
             }
             Rumour::Subject(tx) => {
-                let _ = tx.try_send(PeerMessage::Dead { node, incarnation });
+                let _ = tx.try_send(PeerMessage::Dead(death));
             }
             Rumour::Ignored => {}
         }

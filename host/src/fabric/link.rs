@@ -49,12 +49,12 @@ pub async fn dial(fabric: Arc<Fabric>, url: String) {
         Ok(Ok((ws, _))) => ws,
         Ok(Err(e)) => {
             tracing::debug!(%url, error = %e, "cannot reach peer");
-            fabric.with_state(|s| s.dial_failed(&url));
+            fabric.with_state(|s| s.dial_failed(&url, true));
             return;
         }
         Err(_) => {
             tracing::debug!(%url, "peer did not accept in time");
-            fabric.with_state(|s| s.dial_failed(&url));
+            fabric.with_state(|s| s.dial_failed(&url, true));
             return;
         }
     };
@@ -67,11 +67,12 @@ pub async fn dial(fabric: Arc<Fabric>, url: String) {
             } else {
                 tracing::warn!(%url, "peer link refused: {reason}");
             }
-            fabric.with_state(|s| s.dial_failed(&url));
+            let unreachable = !reason.contains(AT_CAPACITY);
+            fabric.with_state(|s| s.dial_failed(&url, unreachable));
         }
         Err(_) => {
             tracing::debug!(%url, "peer handshake timed out");
-            fabric.with_state(|s| s.dial_failed(&url));
+            fabric.with_state(|s| s.dial_failed(&url, true));
         }
     }
 }

@@ -5,7 +5,6 @@
 //! - [`auth`]: the cluster-secret proof of the handshake.
 //! - [`link`]: one authenticated connection to a peer: handshake, frames, pings.
 //! - [`identity`]: the node's ed25519 key.
-//! - [`link`]: one authenticated connection to a peer: handshake, frames, pings.
 //! - [`gossip`]: records relayed, anti-entropy, departures, deaths and probes.
 //! - [`state`]: members, records, links, and the choice of a replica and of the link to it.
 //! - [`route`]: shortest paths through nodes that are not linked directly.
@@ -199,7 +198,7 @@ impl Fabric {
                 let me = self.clone();
                 tokio::spawn(async move {
                     if !me.reach(&node, CHECK_DEADLINE).await {
-                        tracing::debug!(peer = %node, "a revived node did not answer through the fabric");
+                        tracing::debug!(peer = %node, "a member no link watches did not answer through the fabric");
                         me.with_state(|s| s.unreached(&node));
                     }
                 });
@@ -218,9 +217,9 @@ impl Fabric {
                     }
                 });
             }
-            for (node, incarnation) in dead {
-                tracing::warn!(peer = %node, "peer declared dead; its commands are withdrawn");
-                self.broadcast(PeerMessage::Dead { node, incarnation });
+            for death in dead {
+                tracing::warn!(peer = %death.node, "peer declared dead; its commands are withdrawn");
+                self.broadcast(PeerMessage::Dead(death));
             }
             for url in dials {
                 tokio::spawn(link::dial(self.clone(), url));

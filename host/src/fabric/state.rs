@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::identity::NodeKey;
 use super::route;
-use super::wire::{CatalogEntry, NodeRecord, PeerMessage, RecordBody};
+use super::wire::{CatalogEntry, Death, NodeRecord, PeerMessage, RecordBody};
 use super::FabricConfig;
 use crate::plugins::Selector;
 
@@ -51,12 +51,12 @@ pub enum Status {
 pub struct Member {
     pub url: String,
     pub incarnation: u64,
+    /// The newest version of its record this node has taken or been told of at its death.
+    pub heard: u64,
     pub status: Status,
     pub since: Instant,
     /// When the other peers were asked whether they still hear this suspect.
     pub probed: Option<Instant>,
-    /// When to check, with a call through the fabric, a node revived by a relayed record.
-    pub verify_at: Option<Instant>,
 }
 
 /// What a maintenance tick decided.
@@ -64,13 +64,13 @@ pub struct Member {
 pub struct Maintenance {
     /// URLs to dial.
     pub dials: Vec<String>,
-    /// Suspects now declared dead (with their incarnation).
-    pub dead: Vec<(String, u64)>,
+    /// Suspects now declared dead.
+    pub dead: Vec<Death>,
     /// Suspects to ask the other peers about.
     pub probes: Vec<String>,
     /// This node's record, re-signed because its links changed.
     pub publish: Option<PeerMessage>,
-    /// Nodes revived by relayed records, to check with a call through the fabric.
+    /// Members no link watches, to check with a call through the fabric.
     pub verify: Vec<String>,
     /// Links to drop (partial view over its bound): each is told with `Unlink`.
     pub prune: Vec<mpsc::Sender<PeerMessage>>,
@@ -106,8 +106,13 @@ const PARTIAL_VIEW: usize = 8;
 /// How often one member that no link of this node watches is checked through the fabric.
 const CHECK_UNLINKED: Duration = Duration::from_secs(2);
 
-/// How long after a relayed record revived a node it is checked through the fabric.
-const VERIFY_REVIVED: Duration = Duration::from_millis(500);
+/// How long after a member came back (a partition healing) members no link watches are not
+/// checked through the fabric: links and the records that show them change for a while, and
+/// checks along stale paths would fail and raise false suspicions.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// Dials in a row that cannot reach an unlinked member before it is suspected.
+const UNREACHABLE_DIALS: u32 = 2;
 
 /// The hop count assumed for a node no known path reaches (so that known paths win).
 const MAX_HOPS_GUESS: u32 = 4;
@@ -144,8 +149,8 @@ pub struct Comparison {
     pub own: Option<NodeRecord>,
     /// The peer holds this node dead: refute it.
     pub refute: Option<u64>,
-    /// Deaths learned from the peer.
-    pub rumours: Vec<(String, u64, Rumour)>,
+    /// Deaths the peer holds, to pass to their subjects (linked to this node) to refute.
+    pub rumours: Vec<(Death, Rumour)>,
 }
 
 /// Whether a record was taken.
@@ -170,6 +175,8 @@ pub struct State {
     links_announced: Instant,
     /// When the next unlinked member is checked.
     next_check: Instant,
+    /// No unlinked member is checked before this (the fabric is settling after a heal).
+    settle_until: Instant,
     /// Links this node dropped on purpose (their closing is no failure).
     pruned: HashSet<String>,
     /// Seeds this node has been linked to.
@@ -216,6 +223,7 @@ impl State {
             links_changed: false,
             links_announced: Instant::now(),
             next_check: Instant::now(),
+            settle_until: Instant::now(),
             pruned: HashSet::new(),
             seeds_joined: HashSet::new(),
             heal_dial: None,
@@ -345,10 +353,10 @@ impl State {
         let member = self.members.entry(node.to_string()).or_insert_with(|| Member {
             url: url.to_string(),
             incarnation: 0,
+            heard: 0,
             status: Status::Alive,
             since: Instant::now(),
             probed: None,
-            verify_at: None,
         });
         member.url = url.to_string();
         member.status = Status::Alive;
@@ -430,8 +438,15 @@ impl State {
         }
         let linked = self.links.contains_key(&body.node);
         if let Some(member) = self.members.get(&body.node) {
-            if !linked && matches!(member.status, Status::Dead | Status::Left) && body.incarnation <= member.incarnation
-            {
+            // A node held dead comes back with a higher incarnation (it refuted the death, or
+            // restarted), or with a record signed after the last one heard of before its death
+            // (it was alive beyond a partition). A node that left comes back only restarted.
+            let outlived = match member.status {
+                Status::Dead => body.version > member.heard,
+                Status::Left => false,
+                Status::Alive | Status::Suspect => true,
+            };
+            if !linked && !outlived && body.incarnation <= member.incarnation {
                 return Accepted::Stale;
             }
         }
@@ -445,22 +460,23 @@ impl State {
         let member = self.members.entry(body.node.clone()).or_insert_with(|| Member {
             url: body.url.clone(),
             incarnation: body.incarnation,
+            heard: body.version,
             status: Status::Alive,
             since: Instant::now(),
             probed: None,
-            verify_at: None,
         });
         member.url = body.url.clone();
         if matches!(member.status, Status::Dead | Status::Left) {
-            // Revived by its own record at a higher incarnation. Unless linked to it, this node
-            // checks it soon with a call through the fabric: the record may be older than a new
-            // failure (relayed across a partition as it formed).
+            // Revived by its own record. The record may be older than a new failure (relayed
+            // across a partition as it formed): then the dials of the nodes that keep links
+            // to it fail, and they suspect it again.
             member.status = Status::Alive;
             member.since = Instant::now();
             member.probed = None;
-            member.verify_at = (!linked).then(|| Instant::now() + VERIFY_REVIVED);
+            self.settle_until = Instant::now() + SETTLE;
         }
         member.incarnation = member.incarnation.max(body.incarnation);
+        member.heard = member.heard.max(body.version);
         self.records.insert(body.node.clone(), record.clone());
         self.learned_from.insert(body.node.clone(), from.to_string());
         self.routes = None;
@@ -525,7 +541,11 @@ impl State {
             .members
             .iter()
             .filter(|(_, m)| matches!(m.status, Status::Dead | Status::Left))
-            .map(|(node, m)| (node.clone(), m.incarnation))
+            .map(|(node, m)| Death {
+                node: node.clone(),
+                incarnation: m.incarnation,
+                version: m.heard,
+            })
             .collect();
         PeerMessage::Versions {
             alive: self.alive_versions(),
@@ -534,10 +554,10 @@ impl State {
     }
 
     /// Compares the versions a peer holds with this node's.
-    pub fn compare(&mut self, alive: Vec<(String, u64)>, dead: Vec<(String, u64)>) -> Comparison {
+    pub fn compare(&mut self, alive: Vec<(String, u64)>, dead: Vec<Death>) -> Comparison {
         let mut out = Comparison::default();
         let theirs: HashMap<&str, u64> = alive.iter().map(|(n, v)| (n.as_str(), *v)).collect();
-        let their_dead: HashMap<&str, u64> = dead.iter().map(|(n, i)| (n.as_str(), *i)).collect();
+        let their_dead: HashMap<&str, u64> = dead.iter().map(|d| (d.node.as_str(), d.incarnation)).collect();
         // Records are pulled (each side asks for what the other holds newer, which is how a node
         // held dead learns it was revived); only this node's own record is pushed.
         for (node, version) in &alive {
@@ -558,10 +578,21 @@ impl State {
                 out.own = Some(record);
             }
         }
-        for (node, incarnation) in dead {
-            if node != self.me && self.records.contains_key(&node) {
-                let rumour = self.rumour_dead(&node, incarnation);
-                out.rumours.push((node, incarnation, rumour));
+        // Deaths in a peer's list are old news, or news from the other side of a healed
+        // partition: believed, they would spread false deaths through this side. Deaths are
+        // spread by the `Dead` messages of the nodes that saw them; here a death is only passed to
+        // its subject when linked to it, so that it refutes (and its new record reaches the
+        // peer's side).
+        for death in dead {
+            if death.node == self.me || !self.records.contains_key(&death.node) {
+                continue;
+            }
+            let current = self
+                .members
+                .get(&death.node)
+                .is_some_and(|m| m.incarnation <= death.incarnation);
+            if let Some(link) = self.links.get(&death.node).filter(|_| current) {
+                out.rumours.push((death, Rumour::Subject(link.tx.clone())));
             }
         }
         out
@@ -592,24 +623,27 @@ impl State {
         true
     }
 
-    /// A peer reports `node` dead. Believed unless this node hears from it itself.
-    pub fn rumour_dead(&mut self, node: &str, incarnation: u64) -> Rumour {
+    /// A peer reports a node dead. Believed unless this node hears from it itself, or has
+    /// taken a record of it newer than the last one the peer heard of.
+    pub fn rumour_dead(&mut self, death: &Death) -> Rumour {
+        let node = death.node.as_str();
         let Some(member) = self.members.get_mut(node) else {
             return Rumour::Ignored;
         };
         // A rumour about an incarnation the node has already refuted is old news.
-        if member.incarnation > incarnation {
+        if member.incarnation > death.incarnation {
             return Rumour::Ignored;
         }
         if let Some(link) = self.links.get(node) {
             return Rumour::Subject(link.tx.clone());
         }
-        if matches!(member.status, Status::Dead | Status::Left) {
+        if matches!(member.status, Status::Dead | Status::Left) || member.heard > death.version {
             return Rumour::Ignored;
         }
         member.status = Status::Dead;
         member.since = Instant::now();
-        member.incarnation = incarnation;
+        member.incarnation = death.incarnation;
+        member.heard = death.version;
         self.records.remove(node);
         self.learned_from.remove(node);
         self.keys.remove(node);
@@ -699,15 +733,11 @@ impl State {
                     member.since = now;
                     member.probed = None;
                     died.push(node.clone());
-                    plan.dead.push((node.clone(), member.incarnation));
-                }
-            }
-        }
-        for (node, member) in self.members.iter_mut() {
-            if window == PROBE_WINDOW && member.verify_at.is_some_and(|at| at <= now) {
-                member.verify_at = None;
-                if member.status == Status::Alive && !self.links.contains_key(node) {
-                    plan.verify.push(node.clone());
+                    plan.dead.push(Death {
+                        node: node.clone(),
+                        incarnation: member.incarnation,
+                        version: member.heard,
+                    });
                 }
             }
         }
@@ -715,7 +745,7 @@ impl State {
         // with a call through the fabric: a partition that left them on the other side is found.
         // Not while the machine is this busy (a link's round trip over 100 ms): calls through
         // the fabric would time out and turn a busy fabric into a storm of suspicions.
-        if now >= self.next_check && window == PROBE_WINDOW {
+        if now >= self.next_check && now >= self.settle_until && window == PROBE_WINDOW {
             self.next_check = now + CHECK_UNLINKED;
             let unlinked: Vec<String> = self
                 .members
@@ -725,9 +755,7 @@ impl State {
                 .collect();
             if !unlinked.is_empty() {
                 let pick = (self.random() % unlinked.len() as u64) as usize;
-                if !plan.verify.contains(&unlinked[pick]) {
-                    plan.verify.push(unlinked[pick].clone());
-                }
+                plan.verify.push(unlinked[pick].clone());
             }
         }
         for node in died {
@@ -902,8 +930,10 @@ impl State {
         wanted
     }
 
-    /// A dial of `url` failed: wait longer (exponential, with jitter) before the next.
-    pub fn dial_failed(&mut self, url: &str) {
+    /// A dial of `url` failed: wait longer (exponential, with jitter) before the next. When it
+    /// could not reach the node (`unreachable`: not a refusal for lack of room) a few times in
+    /// a row, an unlinked member held alive at that URL becomes a suspect.
+    pub fn dial_failed(&mut self, url: &str, unreachable: bool) {
         self.dialing.remove(url);
         let jitter = self.random() % 1000;
         let backoff = self.backoff.entry(url.to_string()).or_insert(Backoff {
@@ -911,6 +941,20 @@ impl State {
             next: Instant::now(),
         });
         backoff.failures = backoff.failures.saturating_add(1);
+        if unreachable && backoff.failures >= UNREACHABLE_DIALS {
+            let unlinked = self
+                .members
+                .iter_mut()
+                .filter(|(node, m)| m.url == url && !self.links.contains_key(*node));
+            for (node, member) in unlinked {
+                if member.status == Status::Alive {
+                    tracing::debug!(peer = %node, %url, "peer unreachable; suspected");
+                    member.status = Status::Suspect;
+                    member.since = Instant::now();
+                    member.probed = None;
+                }
+            }
+        }
         let base = Duration::from_millis(100u64.saturating_mul(1 << backoff.failures.min(6))).min(MAX_BACKOFF);
         // ±20 %
         let spread = base.as_millis() as u64 * (800 + jitter * 400 / 1000) / 1000;
@@ -923,7 +967,7 @@ impl State {
             self.dialing.remove(url);
         } else {
             // Already linked through another connection (or refused): do not redial it at once.
-            self.dial_failed(url);
+            self.dial_failed(url, false);
         }
     }
 
@@ -1153,4 +1197,124 @@ fn matches(e: &CatalogEntry, fun: &str, selector: &Selector) -> bool {
                 .zip(semver::Version::parse(&e.version).ok())
                 .is_some_and(|(req, v)| req.matches(&v))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(node: &str) -> FabricConfig {
+        FabricConfig {
+            node_id: node.into(),
+            key: NodeKey::generate(),
+            cluster: "test".into(),
+            secret: Vec::new(),
+            advertise_url: format!("ws://{node}"),
+            seeds: Vec::new(),
+            max_mesh: 32,
+            timing: super::super::Timing::default(),
+            fault_injection: false,
+            tls: None,
+        }
+    }
+
+    fn record(key: &NodeKey, node: &str, incarnation: u64, version: u64) -> NodeRecord {
+        let body = RecordBody {
+            node: node.into(),
+            key: key.public(),
+            url: format!("ws://{node}"),
+            incarnation,
+            version,
+            entries: Vec::new(),
+            neighbours: Vec::new(),
+        };
+        NodeRecord::signed(body, key).expect("signing a record")
+    }
+
+    fn status(state: &State, node: &str) -> Option<Status> {
+        state.members.get(node).map(|m| m.status)
+    }
+
+    #[test]
+    fn a_death_is_not_believed_by_a_node_that_heard_from_it_since() {
+        let mut state = State::new(&config("a"));
+        let x = NodeKey::generate();
+        assert!(matches!(
+            state.accept_record(&record(&x, "x", 1, 10), "b"),
+            Accepted::New
+        ));
+        // Declared dead by a node that last heard version 9: this node holds 10.
+        let stale = Death {
+            node: "x".into(),
+            incarnation: 1,
+            version: 9,
+        };
+        assert!(matches!(state.rumour_dead(&stale), Rumour::Ignored));
+        assert_eq!(status(&state, "x"), Some(Status::Alive));
+        // Declared dead after the last version this node holds: believed.
+        let fresh = Death { version: 10, ..stale };
+        assert!(matches!(state.rumour_dead(&fresh), Rumour::Believed));
+        assert_eq!(status(&state, "x"), Some(Status::Dead));
+    }
+
+    #[test]
+    fn a_record_signed_after_a_death_revives_the_node_and_an_older_one_does_not() {
+        let mut state = State::new(&config("a"));
+        let x = NodeKey::generate();
+        state.accept_record(&record(&x, "x", 1, 10), "b");
+        let death = Death {
+            node: "x".into(),
+            incarnation: 1,
+            version: 10,
+        };
+        assert!(matches!(state.rumour_dead(&death), Rumour::Believed));
+        assert!(matches!(
+            state.accept_record(&record(&x, "x", 1, 10), "b"),
+            Accepted::Stale
+        ));
+        assert_eq!(status(&state, "x"), Some(Status::Dead));
+        assert!(matches!(
+            state.accept_record(&record(&x, "x", 1, 11), "b"),
+            Accepted::New
+        ));
+        assert_eq!(status(&state, "x"), Some(Status::Alive));
+    }
+
+    #[test]
+    fn a_peers_list_of_deaths_is_not_believed() {
+        let mut state = State::new(&config("a"));
+        let x = NodeKey::generate();
+        state.accept_record(&record(&x, "x", 1, 10), "b");
+        let dead = vec![Death {
+            node: "x".into(),
+            incarnation: 1,
+            version: 10,
+        }];
+        let comparison = state.compare(Vec::new(), dead);
+        assert!(comparison.rumours.is_empty(), "not linked to x: nothing to pass on");
+        assert_eq!(status(&state, "x"), Some(Status::Alive));
+    }
+
+    #[test]
+    fn an_unlinked_member_that_dials_cannot_reach_becomes_a_suspect() {
+        let mut state = State::new(&config("a"));
+        let x = NodeKey::generate();
+        state.accept_record(&record(&x, "x", 1, 10), "b");
+        state.dial_failed("ws://x", false);
+        state.dial_failed("ws://x", false);
+        assert_eq!(
+            status(&state, "x"),
+            Some(Status::Alive),
+            "refusals for lack of room are no failure"
+        );
+        state.backoff.clear();
+        state.dial_failed("ws://x", true);
+        assert_eq!(
+            status(&state, "x"),
+            Some(Status::Alive),
+            "one failed dial is not enough"
+        );
+        state.dial_failed("ws://x", true);
+        assert_eq!(status(&state, "x"), Some(Status::Suspect));
+    }
 }

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use super::identity::{self, NodeKey};
 
 /// Version of the peer protocol; nodes of different versions refuse each other.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The WebSocket path of the peer protocol on a node's listener.
 pub const PEER_PATH: &str = "/fabric";
@@ -55,11 +55,11 @@ pub enum PeerMessage {
     Digest {
         summary: u64,
     },
-    /// The record versions the sender holds (alive), and the nodes it holds dead (with their
-    /// incarnation). Sent when a link comes up and when digests differ.
+    /// The record versions the sender holds (alive), and the nodes it holds dead. Sent when a
+    /// link comes up and when digests differ.
     Versions {
         alive: Vec<(String, u64)>,
-        dead: Vec<(String, u64)>,
+        dead: Vec<Death>,
     },
     /// The sender wants these nodes' records.
     Want {
@@ -69,11 +69,8 @@ pub enum PeerMessage {
     Leave {
         node: String,
     },
-    /// The sender believes `node` is dead (relayed).
-    Dead {
-        node: String,
-        incarnation: u64,
-    },
+    /// The sender believes a node is dead (relayed).
+    Dead(Death),
     /// The sender drops this link on purpose (its partial view has too many): no failure.
     Unlink,
     /// The sender suspects `node`: does the receiver still hear it?
@@ -155,6 +152,16 @@ pub struct CatalogEntry {
     pub tenant: String,
     /// Callable by every tenant.
     pub public: bool,
+}
+
+/// A node held dead: by its incarnation, and the newest version of its record the holder had
+/// heard of when it died. A node that holds a newer record has heard from it since and does
+/// not believe the death (how the two sides of a healed partition keep each other alive).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Death {
+    pub node: String,
+    pub incarnation: u64,
+    pub version: u64,
 }
 
 /// A command to run on another node.
