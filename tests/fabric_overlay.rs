@@ -175,6 +175,9 @@ fn record(node: &str, key: [u8; 32], command: &str, signer: &NodeKey) -> NodeRec
             digest: "00".into(),
             tenant: "default".into(),
             public: false,
+            plugin: "math".into(),
+            size: 1,
+            replica_of: None,
         }],
         neighbours: vec![],
     };

@@ -5,6 +5,7 @@
 //! - [`rpc`]: the MPREG-compatible client protocol, dependency resolution and execution.
 //! - [`net`]: the WebSocket server and client.
 //! - [`fabric`]: peers, membership, catalog gossip, failure detection and remote routing.
+//! - [`replication`]: plugins fetched from other nodes by digest and run locally.
 //! - [`config`]: limits and timeouts, with their defaults and environment variables.
 
 pub mod bench;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod plugins;
+pub mod replication;
 pub mod rpc;
 pub mod runtime;
 pub mod sdk;

@@ -34,6 +34,8 @@ pub struct NodeConfig {
     pub tls: Option<crate::net::tls::Tls>,
     /// Where to serve `/healthz`, `/readyz`, `/metrics` and `/status`; `None`: nowhere.
     pub http: Option<SocketAddr>,
+    /// Which plugins of other nodes to replicate, and when (default: none).
+    pub replication: crate::replication::Policy,
 }
 
 /// A node serving clients.
@@ -45,6 +47,7 @@ pub struct Node {
     server: JoinHandle<()>,
     _watch: Option<WatchHandle>,
     fabric: Option<Arc<Fabric>>,
+    _replication: Option<Arc<crate::replication::Replication>>,
     _runtime: Arc<Runtime>,
 }
 
@@ -59,7 +62,7 @@ impl Node {
         if let Some(tenants) = &config.tenants {
             executor.set_tenants(tenants.clone());
         }
-        let watch = match &config.plugins {
+        let (plugin_dir, watch) = match &config.plugins {
             Some(dir) => {
                 if !dir.is_dir() {
                     anyhow::bail!("plugin directory {} does not exist", dir.display());
@@ -71,9 +74,11 @@ impl Node {
                     config.resources.clone(),
                 ));
                 dir.reconcile().await;
-                Some(plugins::watch(dir.clone()).with_context(|| format!("watching {}", dir.path().display()))?)
+                let watch =
+                    plugins::watch(dir.clone()).with_context(|| format!("watching {}", dir.path().display()))?;
+                (Some(dir), Some(watch))
             }
-            None => None,
+            None => (None, None),
         };
         let listener = TcpListener::bind(config.listen)
             .await
@@ -101,6 +106,33 @@ impl Node {
             }
             Fabric::start(fabric, executor.clone(), stop.clone())
         });
+        // Replicas need a plugin table to join; a node without a directory gets an empty one
+        // (in the module store).
+        let replication = match (&fabric, plugin_dir) {
+            (Some(fabric), dir) if dir.is_some() || config.replication.mode != crate::replication::Mode::Off => {
+                let dir = match dir {
+                    Some(dir) => dir,
+                    None => {
+                        let empty = tempfile::Builder::new()
+                            .prefix("weft-no-plugins-")
+                            .tempdir()
+                            .context("making an empty plugin directory")?
+                            .keep();
+                        Arc::new(PluginDir::new(
+                            empty,
+                            runtime.clone(),
+                            executor.clone(),
+                            config.resources.clone(),
+                        ))
+                    }
+                };
+                let replication =
+                    crate::replication::Replication::start(config.replication.clone(), dir, fabric, stop.clone())
+                        .context("opening the module store")?;
+                Some(replication)
+            }
+            _ => None,
+        };
         let peers = fabric.clone().map(|f| f as Arc<dyn PeerHandler>);
         let server = tokio::spawn(crate::net::server::serve(
             listener,
@@ -135,6 +167,7 @@ impl Node {
             server,
             _watch: watch,
             fabric,
+            _replication: replication,
             _runtime: runtime,
         })
     }

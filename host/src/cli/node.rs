@@ -93,6 +93,14 @@ pub struct NodeArgs {
     /// Compile every plugin at every load; keep nothing on disk.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
+    /// Replicate plugins of other nodes that --replicate-accept accepts: `eager` (as soon as the
+    /// catalog shows them) or `on-demand` (at the first call no local plugin serves).
+    #[arg(long, env = "WEFT_REPLICATE", default_value = "off")]
+    replicate: weft::replication::Mode,
+    /// What to replicate: `*`, `tenant:ID`, `plugin:NAME` or `tag:TAG`; repeatable [default:
+    /// nothing].
+    #[arg(long = "replicate-accept", env = "WEFT_REPLICATE_ACCEPT", value_delimiter = ',')]
+    replicate_accept: Vec<weft::replication::Accept>,
     /// Calls a warm instance serves before it is replaced (1 = a fresh instance per call).
     #[arg(long, env = config::INSTANCE_REUSE_ENV, default_value_t = config::DEFAULT_INSTANCE_REUSE)]
     instance_reuse: u32,
@@ -171,6 +179,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         tenants,
         tls,
         http: args.http,
+        replication: weft::replication::Policy {
+            mode: args.replicate,
+            accept: args.replicate_accept,
+            store: data_dir.as_ref().map(|d| d.join("modules")),
+        },
     })
     .await?;
     {

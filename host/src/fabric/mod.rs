@@ -8,6 +8,7 @@
 //! - [`gossip`]: records relayed, anti-entropy, departures, deaths and probes.
 //! - [`state`]: members, records, links, and the choice of a replica and of the link to it.
 //! - [`route`]: shortest paths through nodes that are not linked directly.
+//! - [`modules`]: what other nodes offer for replication, and modules fetched by digest.
 //!
 //! Every node owns its record (catalog entries, URL, links) and signs it with its key; any node
 //! relays it and none can forge it. Links form a full mesh up to `max_mesh` nodes and a partial
@@ -18,6 +19,7 @@ pub mod auth;
 mod gossip;
 pub mod identity;
 mod link;
+pub mod modules;
 mod route;
 mod state;
 pub mod wire;
@@ -103,6 +105,10 @@ pub struct Fabric {
     stop: watch::Receiver<bool>,
     /// Set once the node announced its departure: no new links, no dials.
     leaving: std::sync::atomic::AtomicBool,
+    /// The node's plugins, to serve modules from and to replicate into.
+    modules: std::sync::OnceLock<Arc<dyn modules::ModuleSource>>,
+    /// Serve corrupted module bytes (fault injection in tests).
+    tamper: std::sync::atomic::AtomicBool,
 }
 
 struct Pending {
@@ -126,6 +132,8 @@ impl Fabric {
             me: me.clone(),
             stop,
             leaving: std::sync::atomic::AtomicBool::new(false),
+            modules: std::sync::OnceLock::new(),
+            tamper: std::sync::atomic::AtomicBool::new(false),
         });
         executor.set_remote(fabric.clone());
         tokio::spawn(fabric.clone().maintain());
@@ -135,6 +143,13 @@ impl Fabric {
 
     pub fn node_id(&self) -> &str {
         &self.config.node_id
+    }
+
+    /// Hands the fabric the node's plugins (set once).
+    pub fn set_modules(&self, source: Arc<dyn modules::ModuleSource>) {
+        if self.modules.set(source).is_err() {
+            tracing::warn!("the fabric's module source was already set");
+        }
     }
 
     /// Tells every peer this node leaves, so they drop it at once.
@@ -279,6 +294,9 @@ impl Fabric {
                     digest: c.plugin.digest().to_string(),
                     tenant: c.tenant.to_string(),
                     public: c.public,
+                    plugin: c.plugin.name().to_string(),
+                    size: c.size,
+                    replica_of: c.replica_of.as_deref().map(str::to_string),
                 })
                 .collect();
             let message = self.with_state(|s| s.set_local_catalog(entries));
@@ -307,7 +325,9 @@ impl Fabric {
     /// next hop towards it; returns the reply.
     async fn serve_call(self: Arc<Self>, request: CallRequest) -> PeerMessage {
         let id = request.id;
-        let outcome = if request.target == self.config.node_id {
+        let outcome = if request.target == self.config.node_id && request.fun == modules::MODULE_FETCH {
+            self.serve_module(&request.args).await
+        } else if request.target == self.config.node_id {
             self.run_here(request).await
         } else {
             self.forward(request).await
@@ -481,6 +501,17 @@ impl Fabric {
             selector,
             context,
         } = call;
+        // A plugin this node replicates on demand is fetched (once, however many calls wait)
+        // and the call runs here.
+        let fetch = self.modules.get().and_then(|m| m.on_demand(&fun, &selector));
+        if let Some(fetch) = fetch {
+            if fetch.await && self.executor.table().find(&fun, &selector).is_ok() {
+                return self
+                    .executor
+                    .dispatch_local(&fun, args, kwargs, &selector, context)
+                    .await;
+            }
+        }
         let mut tried = Vec::new();
         loop {
             let Some(route) = self.with_state(|s| s.choose(&fun, &selector, &tried)) else {
@@ -634,6 +665,10 @@ impl Remote for Fabric {
                 "fault injection is off on this node (--fault-injection)".into(),
             ));
         }
+        if action == "tamper" || action == "untamper" {
+            self.tamper.store(action == "tamper", Ordering::Relaxed);
+            return Ok(Value::Bool(action == "tamper"));
+        }
         self.with_state(|s| match action {
             "cut" => {
                 s.blocked.extend(nodes);
@@ -646,7 +681,7 @@ impl Remote for Fabric {
                 Ok(())
             }
             other => Err(CommandError::InvalidArgs(format!(
-                "weft.fault: unknown action `{other}` (cut, restore)"
+                "weft.fault: unknown action `{other}` (cut, restore, tamper, untamper)"
             ))),
         })?;
         Ok(self.with_state(|s| Value::from(s.blocked.iter().cloned().collect::<Vec<_>>())))

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::identity::NodeKey;
+use super::modules::Offer;
 use super::route;
 use super::wire::{CatalogEntry, Death, NodeRecord, PeerMessage, RecordBody};
 use super::FabricConfig;
@@ -188,6 +189,8 @@ pub struct State {
     links: HashMap<String, LinkHandle>,
     members: HashMap<String, Member>,
     records: HashMap<String, NodeRecord>,
+    /// Moves whenever a record is taken or dropped.
+    records_watch: tokio::sync::watch::Sender<u64>,
     /// Each node's public key: proven in a handshake, or taken from its first record.
     keys: HashMap<String, [u8; 32]>,
     /// Calls in flight to each node (through any link).
@@ -230,6 +233,7 @@ impl State {
             links: HashMap::new(),
             members: HashMap::new(),
             records: HashMap::new(),
+            records_watch: tokio::sync::watch::Sender::new(0),
             keys: HashMap::new(),
             learned_from: HashMap::new(),
             inflight: HashMap::new(),
@@ -349,6 +353,7 @@ impl State {
         // The key the node proved is its key: a record held under another one is dropped.
         if self.keys.insert(node.to_string(), key).is_some_and(|old| old != key) {
             self.records.remove(node);
+            self.records_changed();
         }
         let member = self.members.entry(node.to_string()).or_insert_with(|| Member {
             url: url.to_string(),
@@ -408,6 +413,82 @@ impl State {
             }
             self.topology_changed();
         }
+    }
+
+    /// Drops what is known of a node that died or left.
+    fn forget_record(&mut self, node: &str) {
+        self.records.remove(node);
+        self.learned_from.remove(node);
+        self.keys.remove(node);
+        self.records_changed();
+    }
+
+    fn records_changed(&mut self) {
+        self.routes = None;
+        self.records_watch.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Follows changes of the records held.
+    pub fn watch_records(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.records_watch.subscribe()
+    }
+
+    /// The plugins each node whose record is held serves from its own directory.
+    pub fn offers(&self) -> HashMap<String, Vec<Offer>> {
+        self.records
+            .iter()
+            .map(|(node, record)| {
+                let mut offers: Vec<Offer> = Vec::new();
+                for e in record.body.entries.iter().filter(|e| e.replica_of.is_none()) {
+                    let version = semver::Version::parse(&e.version).unwrap_or(semver::Version::new(0, 0, 0));
+                    match offers.iter_mut().find(|o| o.plugin == e.plugin) {
+                        Some(offer) => {
+                            offer.tags.extend(e.tags.iter().cloned());
+                            offer.commands.push(e.command.clone());
+                            offer.version = offer.version.clone().max(version);
+                        }
+                        None => offers.push(Offer {
+                            node: node.clone(),
+                            plugin: e.plugin.clone(),
+                            digest: e.digest.clone(),
+                            size: e.size,
+                            tenant: e.tenant.clone(),
+                            public: e.public,
+                            tags: e.tags.iter().cloned().collect(),
+                            commands: vec![e.command.clone()],
+                            version,
+                        }),
+                    }
+                }
+                (node.clone(), offers)
+            })
+            .collect()
+    }
+
+    /// The nodes whose record shows the module `digest` (served or replicated), nearest first:
+    /// linked ones by round trip and load, then the others by hops.
+    pub fn holders(&mut self, digest: &str) -> Vec<String> {
+        let mut holders: Vec<(u32, u64, String)> = Vec::new();
+        let routes = self.routes().clone();
+        for (node, record) in &self.records {
+            if !record.body.entries.iter().any(|e| e.digest == digest) {
+                continue;
+            }
+            match self.links.get(node) {
+                Some(link) => {
+                    let rtt = link.stats.rtt_us.load(Ordering::Relaxed).max(1);
+                    let load = 1 + link.stats.inflight.load(Ordering::Relaxed) as u64;
+                    holders.push((1, rtt.saturating_mul(load), node.clone()));
+                }
+                None => {
+                    if let Some((_, hops)) = routes.get(node) {
+                        holders.push((*hops, 0, node.clone()));
+                    }
+                }
+            }
+        }
+        holders.sort();
+        holders.into_iter().map(|(_, _, node)| node).collect()
     }
 
     fn topology_changed(&mut self) {
@@ -479,7 +560,7 @@ impl State {
         member.heard = member.heard.max(body.version);
         self.records.insert(body.node.clone(), record.clone());
         self.learned_from.insert(body.node.clone(), from.to_string());
-        self.routes = None;
+        self.records_changed();
         Accepted::New
     }
 
@@ -601,10 +682,7 @@ impl State {
     /// `node` left: forget its record at once (news: `true`). It is dialed again only after a
     /// pause, in case it comes back (a restart keeps its id).
     pub fn node_left(&mut self, node: &str) -> bool {
-        self.records.remove(node);
-        self.learned_from.remove(node);
-        self.keys.remove(node);
-        self.routes = None;
+        self.forget_record(node);
         let Some(member) = self.members.get_mut(node) else {
             return false;
         };
@@ -644,10 +722,7 @@ impl State {
         member.since = Instant::now();
         member.incarnation = death.incarnation;
         member.heard = death.version;
-        self.records.remove(node);
-        self.learned_from.remove(node);
-        self.keys.remove(node);
-        self.routes = None;
+        self.forget_record(node);
         Rumour::Believed
     }
 
@@ -759,10 +834,7 @@ impl State {
             }
         }
         for node in died {
-            self.records.remove(&node);
-            self.learned_from.remove(&node);
-            self.keys.remove(&node);
-            self.routes = None;
+            self.forget_record(&node);
         }
         // Dead members are forgotten after a while; until then they are still dialed (with
         // backoff), which is how the two sides of a healed partition find each other again.

@@ -152,6 +152,12 @@ pub struct CatalogEntry {
     pub tenant: String,
     /// Callable by every tenant.
     pub public: bool,
+    /// The plugin that serves it (`NAME`, or `TENANT/NAME`).
+    pub plugin: String,
+    /// The size of its component, in bytes.
+    pub size: u64,
+    /// The node whose plugin this is a replica of; `None`: the advertising node's own.
+    pub replica_of: Option<String>,
 }
 
 /// A node held dead: by its incarnation, and the newest version of its record the holder had
@@ -226,6 +232,9 @@ mod tests {
                 digest: "ab".into(),
                 tenant: "default".into(),
                 public: false,
+                plugin: "math".into(),
+                size: 1,
+                replica_of: None,
             }],
             neighbours: vec!["b".into()],
         }

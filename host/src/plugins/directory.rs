@@ -5,6 +5,10 @@
 //! swapped in (calls in flight finish on the old version, whose instances then drain); a removed
 //! one is withdrawn; a changed `NAME.toml` re-applies its settings without recompiling. A file
 //! that fails leaves the previous version serving and its reason in `weft plugins`.
+//!
+//! Beside the directory's plugins it holds replicas: plugins of other nodes fetched through the
+//! fabric ([`crate::replication`]), loaded from the node's module store. A plugin of the
+//! directory with the same name always wins over a replica.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -48,6 +52,58 @@ struct Entry {
     manifest: Manifest,
     settings: Arc<PluginSettings>,
     toml_error: Option<String>,
+    /// The size of the loaded component, in bytes.
+    size: u64,
+    /// Set for a replica of another node's plugin.
+    replica: Option<ReplicaOf>,
+}
+
+impl Entry {
+    fn new(manifest: Manifest, settings: Arc<PluginSettings>) -> Self {
+        Entry {
+            wasm_stamp: None,
+            sig_stamp: None,
+            plugin: None,
+            wasm_error: None,
+            toml_stamp: None,
+            manifest,
+            settings,
+            toml_error: None,
+            size: 0,
+            replica: None,
+        }
+    }
+}
+
+/// Where a replica came from.
+struct ReplicaOf {
+    /// The node whose plugin it is.
+    origin: Arc<str>,
+    /// Its component in the module store.
+    file: PathBuf,
+    /// How many times it was fetched.
+    fetches: u64,
+}
+
+/// A component fetched from another node, to load as a replica of its plugin.
+pub struct ReplicaModule {
+    pub name: String,
+    /// The node whose plugin it is.
+    pub origin: String,
+    /// Where the module store keeps it.
+    pub file: PathBuf,
+    pub bytes: Vec<u8>,
+    /// Its publisher signature (the text of a `.sig` file), if it has one.
+    pub signature: Option<String>,
+    /// Its commands are callable by every tenant.
+    pub public: bool,
+}
+
+/// A replica as loaded: its name, origin node and component digest (`None`: it failed).
+pub struct LoadedReplica {
+    pub name: String,
+    pub origin: String,
+    pub digest: Option<String>,
 }
 
 /// A watched directory of plugins.
@@ -96,6 +152,9 @@ impl PluginDir {
             .cloned()
             .collect();
         for name in gone {
+            if entries.get(&name).is_some_and(|e| e.replica.is_some()) {
+                continue;
+            }
             if let Some(entry) = entries.remove(&name) {
                 if entry.plugin.is_some() {
                     tracing::info!(plugin = %name, "plugin removed; its commands are withdrawn");
@@ -104,16 +163,14 @@ impl PluginDir {
             }
         }
         for (name, (has_wasm, has_toml)) in listing {
-            let entry = entries.entry(name.clone()).or_insert_with(|| Entry {
-                wasm_stamp: None,
-                sig_stamp: None,
-                plugin: None,
-                wasm_error: None,
-                toml_stamp: None,
-                manifest: Manifest::default(),
-                settings: Manifest::default().settings(&self.limits, self.ceiling(&name)),
-                toml_error: None,
-            });
+            // A plugin of the directory takes the place of a replica of the same name.
+            if entries.get(&name).is_some_and(|e| e.replica.is_some()) {
+                tracing::info!(plugin = %name, "a plugin of the directory replaces the replica of the same name");
+                entries.remove(&name);
+            }
+            let entry = entries
+                .entry(name.clone())
+                .or_insert_with(|| Entry::new(Manifest::default(), self.default_settings(&name)));
             changed |= self.reconcile_manifest(&name, entry, has_toml);
             changed |= self.reconcile_component(&name, entry, has_wasm).await;
         }
@@ -160,6 +217,16 @@ impl PluginDir {
 
     /// Checks the component's signature when its tenant requires one.
     fn check_signature(&self, name: &str, digest: &str, sig_path: &Path) -> Result<(), signature::SignatureError> {
+        self.check_signature_text(name, digest, || std::fs::read_to_string(sig_path).ok())
+    }
+
+    /// Checks a signature (read by `text` only when the tenant requires one).
+    fn check_signature_text(
+        &self,
+        name: &str,
+        digest: &str,
+        text: impl FnOnce() -> Option<String>,
+    ) -> Result<(), signature::SignatureError> {
         let Some(tenants) = self.executor.tenants() else {
             return Ok(());
         };
@@ -168,8 +235,137 @@ impl PluginDir {
         if publishers.is_empty() {
             return Ok(());
         }
-        let text = std::fs::read_to_string(sig_path).ok();
-        signature::check(digest, text.as_deref(), tenant, publishers)
+        signature::check(digest, text().as_deref(), tenant, publishers)
+    }
+
+    fn default_settings(&self, name: &str) -> Arc<PluginSettings> {
+        Manifest::default().settings(&self.limits, self.ceiling(name))
+    }
+
+    /// Loads `module` as a replica (replacing an older one of the same name) and publishes the
+    /// table. Refused when the directory has a plugin of that name, when its tenant requires a
+    /// signature it lacks, or when it does not load: the reason is kept for `weft plugins`
+    /// (and a replica that served before keeps serving).
+    pub async fn install_replica(&self, module: ReplicaModule, fetches: u64) -> Result<(), String> {
+        let ReplicaModule {
+            name,
+            origin,
+            file,
+            bytes,
+            signature,
+            public,
+        } = module;
+        let mut entries = self.entries.lock().await;
+        if entries.get(&name).is_some_and(|e| e.replica.is_none()) {
+            return Err(format!("this node's directory has a plugin `{name}`"));
+        }
+        let digest = crate::runtime::digest(&bytes);
+        let size = bytes.len() as u64;
+        let loaded = match self.check_signature_text(&name, &digest, || signature) {
+            Ok(()) => self.runtime.load(&name, bytes).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut manifest = Manifest::default();
+        manifest.public = public;
+        let settings = manifest.settings(&self.limits, self.ceiling(&name));
+        let entry = entries
+            .entry(name.clone())
+            .or_insert_with(|| Entry::new(manifest.clone(), settings.clone()));
+        entry.replica = Some(ReplicaOf {
+            origin: Arc::from(origin.as_str()),
+            file: file.clone(),
+            fetches,
+        });
+        let outcome = match loaded {
+            Ok(plugin) => {
+                tracing::info!(
+                    plugin = %name,
+                    %origin,
+                    digest = &plugin.digest()[..12],
+                    compile_ms = plugin.compile_time().as_secs_f64() * 1000.0,
+                    "replica loaded"
+                );
+                entry.plugin = Some(Arc::new(plugin));
+                entry.wasm_error = None;
+                entry.size = size;
+                entry.manifest = manifest;
+                entry.settings = settings;
+                Ok(())
+            }
+            Err(e) => {
+                let message = format!("replica of `{name}` from node `{origin}`: {e}");
+                tracing::error!(plugin = %name, %origin, "replica not loaded: {e}");
+                entry.wasm_error = Some(message.clone());
+                Err(message)
+            }
+        };
+        self.publish(&entries);
+        outcome
+    }
+
+    /// Notes a replica that could not be fetched (shown by `weft plugins`).
+    pub async fn replica_failed(&self, name: &str, origin: &str, error: String) {
+        let mut entries = self.entries.lock().await;
+        if entries.get(name).is_some_and(|e| e.replica.is_none()) {
+            return;
+        }
+        let entry = entries
+            .entry(name.to_string())
+            .or_insert_with(|| Entry::new(Manifest::default(), self.default_settings(name)));
+        let fetches = entry.replica.as_ref().map_or(0, |r| r.fetches);
+        entry.replica = Some(ReplicaOf {
+            origin: Arc::from(origin),
+            file: PathBuf::new(),
+            fetches,
+        });
+        entry.wasm_error = Some(error);
+        self.publish(&entries);
+    }
+
+    /// Withdraws the replica `name` (its origin withdrew the plugin).
+    pub async fn remove_replica(&self, name: &str) {
+        let mut entries = self.entries.lock().await;
+        if entries.get(name).is_some_and(|e| e.replica.is_some()) {
+            entries.remove(name);
+            tracing::info!(plugin = %name, "replica withdrawn with its origin's plugin");
+            self.publish(&entries);
+        }
+    }
+
+    /// The replicas held (loaded or failed).
+    pub async fn replicas(&self) -> Vec<LoadedReplica> {
+        let entries = self.entries.lock().await;
+        entries
+            .iter()
+            .filter_map(|(name, e)| {
+                let replica = e.replica.as_ref()?;
+                Some(LoadedReplica {
+                    name: name.clone(),
+                    origin: replica.origin.to_string(),
+                    digest: e.plugin.as_ref().map(|p| p.digest().to_string()),
+                })
+            })
+            .collect()
+    }
+
+    /// Whether the directory (not a replica) has a plugin called `name`.
+    pub async fn has_own(&self, name: &str) -> bool {
+        self.entries.lock().await.get(name).is_some_and(|e| e.replica.is_none())
+    }
+
+    /// The component file (and signature file) of the loaded plugin whose digest is `digest`.
+    pub async fn module_file(&self, digest: &str) -> Option<(PathBuf, PathBuf)> {
+        let entries = self.entries.lock().await;
+        let (name, entry) = entries
+            .iter()
+            .find(|(_, e)| e.plugin.as_ref().is_some_and(|p| p.digest() == digest))?;
+        let file = match &entry.replica {
+            Some(replica) => replica.file.clone(),
+            None => self.dir.join(format!("{name}.wasm")),
+        };
+        let mut sig = file.clone().into_os_string();
+        sig.push(signature::SUFFIX);
+        Some((file, PathBuf::from(sig)))
     }
 
     /// The ceilings of the plugin's tenant.
@@ -252,6 +448,7 @@ impl PluginDir {
                 );
                 entry.plugin = Some(Arc::new(plugin));
                 entry.wasm_error = None;
+                entry.size = before.len;
             }
             Err(e) => {
                 let kept = if entry.plugin.is_some() {
@@ -278,6 +475,8 @@ impl PluginDir {
                     extra_tags: e.manifest.resources.clone(),
                     settings: e.settings.clone(),
                     public: e.manifest.public,
+                    size: e.size,
+                    replica_of: e.replica.as_ref().map(|r| r.origin.clone()),
                 })
             })
             .collect();
@@ -334,7 +533,10 @@ impl PluginDir {
         let warm = entry.plugin.as_ref().map_or((0, 0), |p| p.warm());
         PluginReport {
             name: name.to_string(),
-            file: self.dir.join(format!("{name}.wasm")).display().to_string(),
+            file: match &entry.replica {
+                Some(replica) => replica.file.display().to_string(),
+                None => self.dir.join(format!("{name}.wasm")).display().to_string(),
+            },
             state,
             digest: entry.plugin.as_ref().map(|p| p.digest().to_string()),
             origin: entry.plugin.as_ref().map(|p| p.origin()),
@@ -342,6 +544,8 @@ impl PluginDir {
             description: entry.manifest.description.clone(),
             commands,
             last_error: (!errors.is_empty()).then(|| errors.join("; ")),
+            replica_of: entry.replica.as_ref().map(|r| r.origin.to_string()),
+            fetches: entry.replica.as_ref().map_or(0, |r| r.fetches),
             warm_instances: warm.0,
             warm_memory_bytes: warm.1,
         }

@@ -7,7 +7,7 @@ pub mod signature;
 mod table;
 mod watcher;
 
-pub use directory::PluginDir;
+pub use directory::{LoadedReplica, PluginDir, ReplicaModule};
 pub use manifest::{Manifest, PluginSettings};
 pub use table::{CommandReport, CommandTable, LocalCommand, PluginReport, Selector, Served};
 pub use watcher::{watch, WatchHandle};

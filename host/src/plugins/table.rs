@@ -22,6 +22,10 @@ pub struct LocalCommand {
     pub tenant: Arc<str>,
     /// Callable by every tenant, not only its own.
     pub public: bool,
+    /// The size of the plugin's component, in bytes.
+    pub size: u64,
+    /// The node whose plugin this is a replica of; `None`: a plugin of this node's directory.
+    pub replica_of: Option<Arc<str>>,
 }
 
 impl LocalCommand {
@@ -57,6 +61,10 @@ pub struct Served {
     pub settings: Arc<PluginSettings>,
     /// Its commands may be called by every tenant (sidecar `public = true`).
     pub public: bool,
+    /// The size of its component, in bytes.
+    pub size: u64,
+    /// The node it is a replica of; `None`: a plugin of this node's directory.
+    pub replica_of: Option<Arc<str>>,
 }
 
 /// What `weft plugins` shows of one plugin.
@@ -73,6 +81,10 @@ pub struct PluginReport {
     pub description: Option<String>,
     pub commands: Vec<CommandReport>,
     pub last_error: Option<String>,
+    /// The node whose plugin this is a replica of (fetched through the fabric).
+    pub replica_of: Option<String>,
+    /// How many times the replica's component was fetched from peers.
+    pub fetches: u64,
     /// Idle instances kept warm for the next calls, and the linear memory they hold.
     pub warm_instances: usize,
     pub warm_memory_bytes: usize,
@@ -144,6 +156,8 @@ impl CommandTable {
                         settings: entry.settings.clone(),
                         tenant: Arc::from(crate::tenancy::tenant_of(plugin.name())),
                         public: entry.public,
+                        size: entry.size,
+                        replica_of: entry.replica_of.clone(),
                     },
                 );
             }

@@ -22,7 +22,7 @@ use crate::error::CommandError;
 
 pub use cache::Origin;
 pub use engine::{Runtime, RuntimeError};
-pub use plugin::{digest, CommandSpec, Plugin};
+pub use plugin::{digest, digest_off_thread, CommandSpec, Plugin};
 
 /// A future returned by [`HostCalls::call`].
 pub type CallFuture = Pin<Box<dyn Future<Output = Result<String, CommandError>> + Send>>;

@@ -60,6 +60,17 @@ pub fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// [`digest`] on a blocking thread (a large component takes tens of milliseconds, too long for
+/// an async worker); gives the bytes back.
+pub async fn digest_off_thread<B: AsRef<[u8]> + Send + 'static>(bytes: B) -> Option<(B, String)> {
+    tokio::task::spawn_blocking(move || {
+        let digest = digest(bytes.as_ref());
+        (bytes, digest)
+    })
+    .await
+    .ok()
+}
+
 impl Plugin {
     pub(crate) async fn prepare(
         shared: Arc<Shared>,
