@@ -33,7 +33,11 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_default();
     let plugins = ["math", "textstats"].map(|name| (name, repo.join(format!("build/plugins/{name}.wasm"))));
     for (_, path) in &plugins {
-        anyhow::ensure!(path.is_file(), "{} is missing (run scripts/build-plugins)", path.display());
+        anyhow::ensure!(
+            path.is_file(),
+            "{} is missing (run scripts/build-plugins)",
+            path.display()
+        );
     }
     let cache = std::env::var_os("WEFT_PLUGINS_TARGET_DIR")
         .map(PathBuf::from)
@@ -88,7 +92,21 @@ async fn start(n: usize, cache: &Path) -> anyhow::Result<Vec<Node>> {
             if alive == n - 1 {
                 break;
             }
-            anyhow::ensure!(Instant::now() < until, "the fabric of {n} nodes did not form");
+            if Instant::now() >= until {
+                let states: Vec<String> = peers["peers"]
+                    .as_array()
+                    .map(|p| {
+                        p.iter()
+                            .filter(|p| p["state"] != "alive")
+                            .map(|p| format!("{} {}", p["node"], p["state"]))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                anyhow::bail!(
+                    "the fabric of {n} nodes did not form: {} knows {alive} alive; {states:?}",
+                    peers["node"]
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -106,7 +124,11 @@ async fn measure(nodes: &[Node], name: &str, component: &Path) -> anyhow::Result
     let mut pending: Vec<&Node> = nodes[1..].iter().collect();
     let until = dropped + Duration::from_secs(120);
     while !pending.is_empty() {
-        anyhow::ensure!(Instant::now() < until, "{} nodes never served a replica of {name}", pending.len());
+        anyhow::ensure!(
+            Instant::now() < until,
+            "{} nodes never served a replica of {name}",
+            pending.len()
+        );
         let checks = pending.iter().map(|node| replica(node, name));
         let states = futures_util::future::join_all(checks).await;
         let mut still = Vec::new();

@@ -26,8 +26,9 @@ use crate::plugins::Selector;
 /// reach it).
 pub const MODULE_FETCH: &str = "weft.module";
 
-/// Bytes asked for in one chunk (less when the peer frame limit is small).
-const CHUNK: usize = 1 << 20;
+/// Bytes asked for in one chunk (less when the peer frame limit is small). Small enough that
+/// pings and calls sharing the link never wait long behind a chunk.
+const CHUNK: usize = 256 << 10;
 
 /// Chunks of one fetch in flight at once.
 const WINDOW: usize = 4;
@@ -143,6 +144,13 @@ impl Fabric {
         }))
     }
 
+    /// Whether a node linked to this one holds module `digest`.
+    pub fn linked_holder(&self, digest: &str) -> bool {
+        self.with_state(|s| s.holders(digest))
+            .first()
+            .is_some_and(|(_, linked)| *linked)
+    }
+
     /// Fetches module `digest` (announced as `size` bytes) from the nodes that hold it, the
     /// nearest first, and checks it. Returns the bytes, the signature and the node they came from.
     pub async fn fetch_module(&self, digest: &str, size: u64) -> Result<(Vec<u8>, Option<String>, String), FetchError> {
@@ -154,7 +162,7 @@ impl Fabric {
         }
         let holders = self.with_state(|s| s.holders(digest));
         let mut last = FetchError::NoHolder(digest.to_string());
-        for holder in holders.into_iter().take(3) {
+        for (holder, _) in holders.into_iter().take(3) {
             match self.fetch_from(&holder, digest, size).await {
                 Ok((bytes, signature)) => return Ok((bytes, signature, holder)),
                 Err(e) => {

@@ -466,8 +466,8 @@ impl State {
     }
 
     /// The nodes whose record shows the module `digest` (served or replicated), nearest first:
-    /// linked ones by round trip and load, then the others by hops.
-    pub fn holders(&mut self, digest: &str) -> Vec<String> {
+    /// linked ones by round trip and load, then the others by hops; with whether each is linked.
+    pub fn holders(&mut self, digest: &str) -> Vec<(String, bool)> {
         let mut holders: Vec<(u32, u64, String)> = Vec::new();
         let routes = self.routes().clone();
         for (node, record) in &self.records {
@@ -488,7 +488,7 @@ impl State {
             }
         }
         holders.sort();
-        holders.into_iter().map(|(_, _, node)| node).collect()
+        holders.into_iter().map(|(hops, _, node)| (node, hops == 1)).collect()
     }
 
     fn topology_changed(&mut self) {

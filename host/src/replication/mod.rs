@@ -30,6 +30,14 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// How often the catalog is compared with the replicas held, besides on every change.
 const RECHECK: Duration = Duration::from_secs(2);
 
+/// How long an eager replication waits for a linked node to hold the module before it fetches
+/// through other nodes: this, plus a second per [`WAIT_PER_SECOND`] bytes of module (the time a
+/// neighbour takes to fetch and load it). Replicas spread like an epidemic, each node fetching
+/// from a neighbour (no node serves everyone, and no bytes are relayed); the wait bounds the case
+/// where no neighbour accepts the plugin.
+const WAIT_FOR_NEIGHBOUR: Duration = Duration::from_secs(2);
+const WAIT_PER_SECOND: u64 = 4 << 20;
+
 /// Modules kept in memory while peers fetch them.
 const SERVED_CACHE: usize = 4;
 
@@ -60,6 +68,8 @@ pub struct Replication {
     failed: Mutex<HashMap<String, Instant>>,
     /// How many times each replica's module was fetched.
     fetches: Mutex<HashMap<String, u64>>,
+    /// Since when an eager replication waits for a neighbour to hold the module, by digest.
+    waiting: Mutex<HashMap<String, Instant>>,
     /// Modules recently served to peers: digest, bytes, signature file, last served.
     served: Mutex<Vec<Served>>,
 }
@@ -91,6 +101,7 @@ impl Replication {
             inflight: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
             fetches: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::new()),
             served: Mutex::new(Vec::new()),
         });
         fabric.set_modules(replication.clone());
@@ -149,11 +160,25 @@ impl Replication {
         }
         if self.policy.mode == Mode::Eager {
             for offer in desired.values() {
-                if !held.iter().any(|r| r.name == offer.plugin) {
+                if !held.iter().any(|r| r.name == offer.plugin) && self.neighbour_has(&fabric, offer) {
                     drop(self.replicate(offer.clone()));
                 }
             }
         }
+        lock(&self.waiting).retain(|digest, _| desired.values().any(|o| o.digest == *digest));
+    }
+
+    /// Whether an eager replication of `offer` should start now: a linked node holds the module,
+    /// or none has for a while.
+    fn neighbour_has(&self, fabric: &Fabric, offer: &Offer) -> bool {
+        let mut waiting = lock(&self.waiting);
+        if fabric.linked_holder(&offer.digest) {
+            waiting.remove(&offer.digest);
+            return true;
+        }
+        let since = *waiting.entry(offer.digest.clone()).or_insert_with(Instant::now);
+        let wait = WAIT_FOR_NEIGHBOUR + Duration::from_secs(offer.size / WAIT_PER_SECOND);
+        since.elapsed() >= wait
     }
 
     /// Starts (or joins) the replication of `offer`; resolves to whether it now serves here.
