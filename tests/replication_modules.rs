@@ -146,13 +146,19 @@ async fn eager_replicas_run_on_accepting_nodes_follow_updates_and_leave_with_the
 #[tokio::test]
 async fn on_demand_fetches_once_for_twenty_concurrent_first_calls_then_runs_locally() {
     let origin = fabric_node(&["math"], None, &["--fault-injection"]).await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(fabric_node(&[], Some(&origin), &["--fault-injection"]).await);
+    }
     let node = fabric_node(
         &[],
         Some(&origin),
         &["--replicate=on-demand", "--replicate-accept=*", "--fault-injection"],
     )
     .await;
-    mesh(&[&origin, &node]).await;
+    let mut all: Vec<&TestNode> = vec![&origin, &node];
+    all.extend(&others);
+    mesh(&all).await;
     assert!(
         eventually(Duration::from_secs(10), || async {
             !support::servers_of(&node, "math.add").await.is_empty()
@@ -179,8 +185,9 @@ async fn on_demand_fetches_once_for_twenty_concurrent_first_calls_then_runs_loca
     assert_eq!(replica["replica_of"], node_id(&origin).await.as_str());
     assert_eq!(replica["fetches"], 1, "{replica}");
 
-    // Later calls run here, even cut off from the origin.
-    fault(&node, &[&origin], "cut").await;
+    // Later calls run here, even cut off from every other node.
+    let rest: Vec<&TestNode> = all.iter().copied().filter(|n| !std::ptr::eq(*n, &node)).collect();
+    fault(&node, &rest, "cut").await;
     let client = node.client().await;
     assert_eq!(
         client

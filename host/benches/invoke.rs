@@ -33,6 +33,8 @@ async fn run() -> anyhow::Result<()> {
             extra_tags: Vec::new(),
             settings: Manifest::default().settings(&limits, weft::tenancy::Ceiling::default()),
             public: false,
+            size: bytes.len() as u64,
+            replica_of: None,
         };
         executor.set_table(CommandTable::build(&[served], &[]).0);
         let host_calls: Arc<dyn HostCalls> = executor.clone();

@@ -265,8 +265,10 @@ impl PluginDir {
             Ok(()) => self.runtime.load(&name, bytes).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        let mut manifest = Manifest::default();
-        manifest.public = public;
+        let manifest = Manifest {
+            public,
+            ..Manifest::default()
+        };
         let settings = manifest.settings(&self.limits, self.ceiling(&name));
         let entry = entries
             .entry(name.clone())
