@@ -323,3 +323,23 @@ async fn a_tenant_that_requires_signatures_replicates_only_signed_modules() {
         json!("hello ada from v1")
     );
 }
+
+#[tokio::test]
+async fn a_plugin_of_the_nodes_own_directory_wins_over_a_replica() {
+    let origin = fabric_node(&[], None, &[]).await;
+    install_plugin(origin.dir.path(), &plugin_file("greeter-v1"), "agreeter.wasm");
+    let node = fabric_node(&[], Some(&origin), &["--replicate=eager", "--replicate-accept=*"]).await;
+    // Its own plugin serves the same command under a name that sorts after the replica's.
+    install_plugin(node.dir.path(), &plugin_file("greeter-v2"), "zgreeter.wasm");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let replica = report(&node, "agreeter").await;
+            replica["state"] == "conflict" && report(&node, "zgreeter").await["state"] == "serving"
+        })
+        .await,
+        "{} {}",
+        report(&node, "agreeter").await,
+        report(&node, "zgreeter").await
+    );
+    assert_eq!(hello(&node).await, Ok(json!("hello ada from v2")));
+}

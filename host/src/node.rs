@@ -48,6 +48,8 @@ pub struct Node {
     _watch: Option<WatchHandle>,
     fabric: Option<Arc<Fabric>>,
     _replication: Option<Arc<crate::replication::Replication>>,
+    /// The empty plugin directory of a node that replicates without one of its own.
+    _scratch: Option<tempfile::TempDir>,
     _runtime: Arc<Runtime>,
 }
 
@@ -108,6 +110,7 @@ impl Node {
         });
         // Replicas need a plugin table to join; a node without a directory gets an empty one
         // (in the module store).
+        let mut scratch = None;
         let replication = match (&fabric, plugin_dir) {
             (Some(fabric), dir) if dir.is_some() || config.replication.mode != crate::replication::Mode::Off => {
                 let dir = match dir {
@@ -116,10 +119,11 @@ impl Node {
                         let empty = tempfile::Builder::new()
                             .prefix("weft-no-plugins-")
                             .tempdir()
-                            .context("making an empty plugin directory")?
-                            .keep();
+                            .context("making an empty plugin directory")?;
+                        let path = empty.path().to_path_buf();
+                        scratch = Some(empty);
                         Arc::new(PluginDir::new(
-                            empty,
+                            path,
                             runtime.clone(),
                             executor.clone(),
                             config.resources.clone(),
@@ -168,6 +172,7 @@ impl Node {
             _watch: watch,
             fabric,
             _replication: replication,
+            _scratch: scratch,
             _runtime: runtime,
         })
     }

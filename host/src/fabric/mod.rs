@@ -502,10 +502,13 @@ impl Fabric {
             context,
         } = call;
         // A plugin this node replicates on demand is fetched (once, however many calls wait)
-        // and the call runs here.
+        // and the call runs here. A fetch slower than half the call's time left is not waited
+        // for: the call goes to a node that serves the command (the fetch goes on).
         let fetch = self.modules.get().and_then(|m| m.on_demand(&fun, &selector));
         if let Some(fetch) = fetch {
-            if fetch.await && self.executor.table().find(&fun, &selector).is_ok() {
+            let wait = context.deadline.saturating_duration_since(Instant::now()) / 2;
+            let fetched = tokio::time::timeout(wait, fetch).await.unwrap_or(false);
+            if fetched && self.executor.table().find(&fun, &selector).is_ok() {
                 return self
                     .executor
                     .dispatch_local(&fun, args, kwargs, &selector, context)

@@ -661,19 +661,27 @@ impl State {
         }
         // Deaths in a peer's list are old news, or news from the other side of a healed
         // partition: believed, they would spread false deaths through this side. Deaths are
-        // spread by the `Dead` messages of the nodes that saw them; here a death is only passed to
+        // spread by the `Dead` messages of the nodes that saw them. Here a death is passed to
         // its subject when linked to it, so that it refutes (and its new record reaches the
-        // peer's side).
+        // peer's side); otherwise, unless this node heard from it after the peer did, it may
+        // have died while this node missed the news: it becomes a suspect (probed, and declared
+        // dead unless another node still hears it).
         for death in dead {
             if death.node == self.me || !self.records.contains_key(&death.node) {
                 continue;
             }
-            let current = self
-                .members
-                .get(&death.node)
-                .is_some_and(|m| m.incarnation <= death.incarnation);
-            if let Some(link) = self.links.get(&death.node).filter(|_| current) {
+            let Some(member) = self.members.get_mut(&death.node) else {
+                continue;
+            };
+            if member.incarnation > death.incarnation {
+                continue;
+            }
+            if let Some(link) = self.links.get(&death.node) {
                 out.rumours.push((death, Rumour::Subject(link.tx.clone())));
+            } else if member.status == Status::Alive && member.heard <= death.version {
+                member.status = Status::Suspect;
+                member.since = Instant::now();
+                member.probed = None;
             }
         }
         out
@@ -1353,18 +1361,22 @@ mod tests {
     }
 
     #[test]
-    fn a_peers_list_of_deaths_is_not_believed() {
+    fn a_peers_list_of_deaths_raises_suspicion_at_most() {
         let mut state = State::new(&config("a"));
         let x = NodeKey::generate();
         state.accept_record(&record(&x, "x", 1, 10), "b");
-        let dead = vec![Death {
+        let death = Death {
             node: "x".into(),
             incarnation: 1,
-            version: 10,
-        }];
-        let comparison = state.compare(Vec::new(), dead);
+            version: 9,
+        };
+        // This node heard from x after the peer did: x stays alive.
+        let comparison = state.compare(Vec::new(), vec![death.clone()]);
         assert!(comparison.rumours.is_empty(), "not linked to x: nothing to pass on");
         assert_eq!(status(&state, "x"), Some(Status::Alive));
+        // The peer knows as much as this node: x may have died unseen; it is a suspect, not dead.
+        state.compare(Vec::new(), vec![Death { version: 10, ..death }]);
+        assert_eq!(status(&state, "x"), Some(Status::Suspect));
     }
 
     #[test]

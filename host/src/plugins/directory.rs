@@ -273,13 +273,13 @@ impl PluginDir {
         let entry = entries
             .entry(name.clone())
             .or_insert_with(|| Entry::new(manifest.clone(), settings.clone()));
-        entry.replica = Some(ReplicaOf {
-            origin: Arc::from(origin.as_str()),
-            file: file.clone(),
-            fetches,
-        });
         let outcome = match loaded {
             Ok(plugin) => {
+                entry.replica = Some(ReplicaOf {
+                    origin: Arc::from(origin.as_str()),
+                    file: file.clone(),
+                    fetches,
+                });
                 tracing::info!(
                     plugin = %name,
                     %origin,
@@ -297,6 +297,7 @@ impl PluginDir {
             Err(e) => {
                 let message = format!("replica of `{name}` from node `{origin}`: {e}");
                 tracing::error!(plugin = %name, %origin, "replica not loaded: {e}");
+                note_failed_replica(entry, &origin, fetches);
                 entry.wasm_error = Some(message.clone());
                 Err(message)
             }
@@ -315,11 +316,7 @@ impl PluginDir {
             .entry(name.to_string())
             .or_insert_with(|| Entry::new(Manifest::default(), self.default_settings(name)));
         let fetches = entry.replica.as_ref().map_or(0, |r| r.fetches);
-        entry.replica = Some(ReplicaOf {
-            origin: Arc::from(origin),
-            file: PathBuf::new(),
-            fetches,
-        });
+        note_failed_replica(entry, origin, fetches);
         entry.wasm_error = Some(error);
         self.publish(&entries);
     }
@@ -583,6 +580,21 @@ impl PluginDir {
         }
         listing.retain(|_, (wasm, toml)| *wasm || *toml);
         Ok(listing)
+    }
+}
+
+/// Marks `entry` as a replica that failed. A replica that serves keeps its origin and file (it
+/// still serves, and peers may fetch its module); one that never loaded takes the new origin.
+fn note_failed_replica(entry: &mut Entry, origin: &str, fetches: u64) {
+    match &mut entry.replica {
+        Some(replica) if entry.plugin.is_some() => replica.fetches = fetches,
+        _ => {
+            entry.replica = Some(ReplicaOf {
+                origin: Arc::from(origin),
+                file: PathBuf::new(),
+                fetches,
+            })
+        }
     }
 }
 

@@ -109,20 +109,25 @@ pub struct CommandTable {
 }
 
 impl CommandTable {
-    /// Builds the table. A plugin may not serve a built-in command, and when two plugins
-    /// describe the same command, the plugin whose file name sorts first serves it: a command
-    /// is never silently shadowed. Returns the refused claims as (plugin, reason).
+    /// Builds the table. A plugin may not serve a built-in command (nor any name under
+    /// `weft.`, kept for the node), and when two plugins describe the same command, a plugin of
+    /// the node's directory wins over a replica, then the plugin whose file name sorts first
+    /// serves it: a command is never silently shadowed. Returns the refused claims as (plugin,
+    /// reason).
     pub fn build(served: &[Served], node_tags: &[String]) -> (Self, Vec<(String, String)>) {
         let mut sorted: Vec<&Served> = served.iter().collect();
-        sorted.sort_by(|a, b| a.plugin.name().cmp(b.plugin.name()));
+        sorted
+            .sort_by(|a, b| (a.replica_of.is_some(), a.plugin.name()).cmp(&(b.replica_of.is_some(), b.plugin.name())));
         let mut by_name: HashMap<String, LocalCommand> = HashMap::new();
         let mut refused = Vec::new();
         for entry in sorted {
             let plugin = &entry.plugin;
             for spec in plugin.commands() {
-                let reason = if crate::rpc::BUILTIN_COMMANDS.contains(&spec.name.as_str()) {
+                let reason = if crate::rpc::BUILTIN_COMMANDS.contains(&spec.name.as_str())
+                    || spec.name.starts_with("weft.")
+                {
                     Some(format!(
-                        "command `{}` is a built-in command and cannot be served by a plugin",
+                        "command `{}` is a built-in command (or a name under `weft.`, kept for the node) and cannot be served by a plugin",
                         spec.name
                     ))
                 } else {

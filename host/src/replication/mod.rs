@@ -24,8 +24,13 @@ use crate::plugins::{PluginDir, ReplicaModule, Selector};
 pub use policy::{Accept, Mode, Policy};
 use store::ModuleStore;
 
-/// How long a replica that failed to fetch or load waits before it is tried again.
+/// How long a replica that failed to fetch or load waits before it is tried again; doubled at
+/// each failure in a row, up to [`RETRY_MAX`].
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Replications fetching at once (eager replication of many plugins does not start them all).
+const FETCHES_AT_ONCE: usize = 2;
 
 /// How often the catalog is compared with the replicas held, besides on every change.
 const RECHECK: Duration = Duration::from_secs(2);
@@ -64,8 +69,14 @@ pub struct Replication {
     _scratch: Option<tempfile::TempDir>,
     /// Replications under way, by `plugin@digest`: concurrent first calls wait for one.
     inflight: Mutex<HashMap<String, Replicating>>,
-    /// When a failed `plugin@digest` may be tried again.
-    failed: Mutex<HashMap<String, Instant>>,
+    /// When a failed `plugin@digest` may be tried again, and how many times in a row it failed.
+    failed: Mutex<HashMap<String, (Instant, u32)>>,
+    /// The digest of each replica loaded, by plugin name.
+    installed: Mutex<HashMap<String, String>>,
+    /// Bounds the fetches running at once.
+    fetching: tokio::sync::Semaphore,
+    /// Reading a module to serve it happens once however many peers ask at once.
+    reading: tokio::sync::Mutex<()>,
     /// How many times each replica's module was fetched.
     fetches: Mutex<HashMap<String, u64>>,
     /// Since when an eager replication waits for a neighbour to hold the module, by digest.
@@ -100,6 +111,9 @@ impl Replication {
             _scratch: scratch,
             inflight: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
+            installed: Mutex::new(HashMap::new()),
+            fetching: tokio::sync::Semaphore::new(FETCHES_AT_ONCE),
+            reading: tokio::sync::Mutex::new(()),
             fetches: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
             served: Mutex::new(Vec::new()),
@@ -153,7 +167,13 @@ impl Replication {
                 // (Replications run in their own task: nothing waits for them here.)
                 Some(offer) => drop(self.replicate(offer.clone())),
                 // Its origin's current record no longer offers it: withdrawn there.
-                None if offers.contains_key(&replica.origin) => self.dir.remove_replica(&replica.name).await,
+                None if offers.contains_key(&replica.origin) => {
+                    self.dir.remove_replica(&replica.name).await;
+                    let digest = lock(&self.installed).remove(&replica.name);
+                    if let Some(digest) = digest {
+                        self.store.remove(&digest).await;
+                    }
+                }
                 // Its origin is not known now (dead, or beyond a partition): kept.
                 None => {}
             }
@@ -188,16 +208,22 @@ impl Replication {
         if let Some(running) = inflight.get(&key) {
             return running.clone();
         }
-        if lock(&self.failed).get(&key).is_some_and(|at| *at > Instant::now()) {
+        if lock(&self.failed).get(&key).is_some_and(|(at, _)| *at > Instant::now()) {
             return futures_util::future::ready(false).boxed().shared();
         }
         let me = self.clone();
         let task_key = key.clone();
         let running = async move {
             let ok = me.fetch_and_install(&offer).await;
-            if !ok {
-                lock(&me.failed).insert(task_key.clone(), Instant::now() + RETRY_AFTER);
+            let mut failed = lock(&me.failed);
+            if ok {
+                failed.remove(&task_key);
+            } else {
+                let times = failed.get(&task_key).map_or(0, |(_, n)| *n).saturating_add(1);
+                let wait = RETRY_AFTER.saturating_mul(1 << times.min(6)).min(RETRY_MAX) / 2;
+                failed.insert(task_key.clone(), (Instant::now() + wait, times));
             }
+            drop(failed);
             lock(&me.inflight).remove(&task_key);
             ok
         }
@@ -216,6 +242,9 @@ impl Replication {
         let (bytes, signature) = match self.store.get(&offer.digest).await {
             Some(held) => held,
             None => {
+                let Ok(_slot) = self.fetching.acquire().await else {
+                    return false;
+                };
                 let started = Instant::now();
                 match fabric.fetch_module(&offer.digest, offer.size).await {
                     Ok((bytes, signature, from)) => {
@@ -252,7 +281,13 @@ impl Replication {
             public: offer.public,
         };
         let installed = self.dir.install_replica(module, fetches).await.is_ok();
-        if !installed {
+        if installed {
+            let before = lock(&self.installed).insert(offer.plugin.clone(), offer.digest.clone());
+            if let Some(before) = before.filter(|d| *d != offer.digest) {
+                self.store.remove(&before).await;
+            }
+        } else {
+            // Fetched again next time, with the signature the origin has then.
             self.store.remove(&offer.digest).await;
         }
         installed
@@ -283,6 +318,16 @@ impl ModuleSource for Replication {
             let (bytes, sig) = match cached {
                 Some(cached) => cached,
                 None => {
+                    let _reading = self.reading.lock().await;
+                    // Another peer's request may have read it meanwhile.
+                    let read = lock(&self.served)
+                        .iter()
+                        .find(|s| s.digest == digest)
+                        .map(|s| (s.bytes.clone(), s.signature.clone()));
+                    if let Some((bytes, sig)) = read {
+                        let signature = tokio::fs::read_to_string(&sig).await.ok();
+                        return Some(Arc::new(Module { bytes, signature }));
+                    }
                     let (file, sig) = self.dir.module_file(&digest).await?;
                     let bytes: Arc<[u8]> = tokio::fs::read(&file).await.ok()?.into();
                     // The file may have changed since it was loaded: serve only what the digest
@@ -293,7 +338,10 @@ impl ModuleSource for Replication {
                     }
                     let mut served = lock(&self.served);
                     if served.len() >= SERVED_CACHE {
-                        served.remove(0);
+                        // The least recently served goes.
+                        if let Some(oldest) = (0..served.len()).min_by_key(|i| served[*i].at) {
+                            served.remove(oldest);
+                        }
                     }
                     served.push(Served {
                         digest,
@@ -314,12 +362,14 @@ impl ModuleSource for Replication {
         if self.policy.mode == Mode::Off {
             return None;
         }
+        let installed = lock(&self.installed).clone();
         let fabric = self.fabric.upgrade()?;
         let mut best: Option<Offer> = None;
         for offer in fabric.offers().into_values().flatten() {
             if offer.commands.iter().any(|c| c == fun)
                 && selector.sees(&offer.tenant, offer.public)
                 && self.policy.accepts(&offer)
+                && installed.get(&offer.plugin) != Some(&offer.digest)
                 && best.as_ref().is_none_or(|b| preferred(&offer, b))
             {
                 best = Some(offer);
