@@ -665,7 +665,10 @@ impl State {
         // its subject when linked to it, so that it refutes (and its new record reaches the
         // peer's side); otherwise, unless this node heard from it after the peer did, it may
         // have died while this node missed the news: it becomes a suspect (probed, and declared
-        // dead unless another node still hears it).
+        // dead unless another node still hears it). Not while the fabric settles after members
+        // came back (a partition healing): the peer is then likely from the other side, and its
+        // list is its view of this side.
+        let settling = Instant::now() < self.settle_until;
         for death in dead {
             if death.node == self.me || !self.records.contains_key(&death.node) {
                 continue;
@@ -678,7 +681,7 @@ impl State {
             }
             if let Some(link) = self.links.get(&death.node) {
                 out.rumours.push((death, Rumour::Subject(link.tx.clone())));
-            } else if member.status == Status::Alive && member.heard <= death.version {
+            } else if !settling && member.status == Status::Alive && member.heard <= death.version {
                 member.status = Status::Suspect;
                 member.since = Instant::now();
                 member.probed = None;
