@@ -106,6 +106,27 @@ impl Metrics {
         }
     }
 
+    /// Calls run on this node so far, by command (every tenant and outcome).
+    pub fn totals(&self) -> std::collections::BTreeMap<String, u64> {
+        let Ok(calls) = self.calls.read() else {
+            return Default::default();
+        };
+        calls
+            .iter()
+            .map(|(command, tenants)| {
+                let total = tenants
+                    .values()
+                    .map(|s| {
+                        s.ok.load(Ordering::Relaxed)
+                            + s.error.load(Ordering::Relaxed)
+                            + s.timeout.load(Ordering::Relaxed)
+                    })
+                    .sum();
+                (command.clone(), total)
+            })
+            .collect()
+    }
+
     /// The call counters and histograms in the Prometheus text format.
     pub fn render_calls(&self, out: &mut String) {
         let Ok(calls) = self.calls.read() else { return };

@@ -1234,6 +1234,7 @@ impl State {
                     "bytes_out": link.map(|l| l.stats.bytes_out.load(Ordering::Relaxed)),
                     "bytes_in": link.map(|l| l.stats.bytes_in.load(Ordering::Relaxed)),
                     "commands": self.records.get(node).map_or(0, |r| r.body.entries.len()),
+                    "neighbours": self.records.get(node).map(|r| &r.body.neighbours),
                 })
             })
             .collect();
@@ -1248,7 +1249,7 @@ impl State {
         let others = self.records.iter().map(|(node, r)| (node.as_str(), &r.body.entries));
         for (node, entries) in own.chain(others) {
             for e in entries.iter().filter(|e| selector.sees(&e.tenant, e.public)) {
-                rows.push(json!({ "command": e.command, "tags": e.tags, "version": e.version, "digest": e.digest, "node": node, "tenant": e.tenant, "public": e.public }));
+                rows.push(json!({ "command": e.command, "tags": e.tags, "version": e.version, "digest": e.digest, "node": node, "tenant": e.tenant, "public": e.public, "plugin": e.plugin, "replica_of": e.replica_of }));
             }
         }
         rows.sort_by(|a, b| {

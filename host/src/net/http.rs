@@ -63,10 +63,11 @@ async fn answer(mut stream: TcpStream, observed: Arc<Observed>) {
         "/readyz" => ("200 OK", "text/plain", "ready\n".into()),
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics(&observed)),
         "/status" => ("200 OK", "application/json", status(&observed).to_string()),
+        "/" => ("200 OK", "text/html; charset=utf-8", DASHBOARD.to_string()),
         _ => (
             "404 Not Found",
             "text/plain",
-            "endpoints: /healthz /readyz /metrics /status\n".into(),
+            "endpoints: / (dashboard) /healthz /readyz /metrics /status\n".into(),
         ),
     };
     let _ = respond(&mut stream, status, kind, &body).await;
@@ -101,6 +102,9 @@ async fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &str) -
     stream.shutdown().await
 }
 
+/// The live dashboard: one self-contained page (no external fetches) that polls `/status`.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
 /// Everything an operator sees of the node at once: what `weft peers`, `weft catalog` and
 /// `weft plugins` show, with the tenants and the uptime.
 pub fn status(observed: &Observed) -> Value {
@@ -123,6 +127,7 @@ pub fn status(observed: &Observed) -> Value {
         "plugins": executor.table().reports(),
         "peers": peers.get("peers").cloned().unwrap_or(Value::Array(Vec::new())),
         "catalog": catalog,
+        "calls": executor.metrics().totals(),
     })
 }
 
