@@ -1,7 +1,9 @@
-//! Command-line interface: `weft node`, `weft call`, `weft request`, `weft plugins`, `weft plugin`, `weft bench`.
+//! Command-line interface: `weft node`, `weft call`, `weft request`, `weft plugins`, `weft plugin`,
+//! `weft config`, `weft bench`.
 
 mod bench;
 mod client;
+mod config;
 mod node;
 mod plugin;
 
@@ -49,6 +51,9 @@ enum Command {
     Plugin(plugin::PluginCommand),
     /// Print a new random API token and the line that stores it in a tenants file.
     Token,
+    /// Check a node configuration file and print the effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Measure call latency and throughput against the raw WebSocket limit.
     Bench(bench::BenchArgs),
     /// Serve the raw WebSocket JSON echo that `weft bench` compares against.
@@ -56,8 +61,22 @@ enum Command {
     RawEcho(bench::RawEchoArgs),
 }
 
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validates FILE (a TOML file of `weft node` options) and prints every option's effective
+    /// value and where it comes from (flag, environment, file, default).
+    Check { file: std::path::PathBuf },
+}
+
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = match config::with_config_file(std::env::args_os().collect()) {
+        Ok((args, _)) => args,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(args);
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -76,6 +95,7 @@ pub fn main() -> ExitCode {
             Command::Catalog(args) => client::catalog(args).await,
             Command::Plugin(command) => plugin::run(command).await,
             Command::Token => token(),
+            Command::Config(ConfigCommand::Check { file }) => config::check(&file),
             Command::Bench(args) => bench::run(args).await,
             Command::RawEcho(args) => bench::raw_echo(args).await,
         }

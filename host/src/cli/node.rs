@@ -14,6 +14,10 @@ use weft::node::{Node, NodeConfig};
 
 #[derive(clap::Args)]
 pub struct NodeArgs {
+    /// A TOML file of these options (`max_mesh = 16`, `seed = ["ws://…"]`); flags and WEFT_*
+    /// variables override it. `weft config check FILE` shows the result.
+    #[arg(long, env = "WEFT_CONFIG")]
+    config: Option<PathBuf>,
     /// Address of the client listener.
     #[arg(long, default_value = "127.0.0.1:6000", env = "WEFT_LISTEN")]
     listen: SocketAddr,
