@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod node;
 mod plugin;
+mod progress;
 
 use std::process::ExitCode;
 

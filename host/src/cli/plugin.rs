@@ -125,10 +125,20 @@ fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
 /// then writes it to its destination: a node watching that directory finds it compiled.
 async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let dir = args.dir.clone();
+    let step = super::progress::Step::start(format!("building {}", args.dir.display()));
     let built = tokio::task::spawn_blocking(move || sdk::build(&dir))
         .await
-        .context("the build task failed")?
-        .with_context(|| format!("building {}", args.dir.display()))?;
+        .context("the build task failed")?;
+    let built = match built {
+        Ok(built) => {
+            step.done();
+            built
+        }
+        Err(e) => {
+            step.failed();
+            return Err(e).with_context(|| format!("building {}", args.dir.display()));
+        }
+    };
     let out = args
         .out
         .unwrap_or_else(|| PathBuf::from(format!("{}.wasm", built.name)));
@@ -139,9 +149,14 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     };
     let cache_dir = args.cache_dir.or_else(super::default_cache_dir);
     let runtime = Runtime::new(limits, cache_dir).context("starting the runtime")?;
+    let step = super::progress::Step::start("checking the contract and compiling");
     let plugin = match runtime.load(&built.name, built.component.clone()).await {
-        Ok(plugin) => plugin,
+        Ok(plugin) => {
+            step.done();
+            plugin
+        }
         Err(e) => {
+            step.failed();
             eprintln!(
                 "error: the {} component does not fit the plugin contract ({} not written): {e}",
                 built.name,
