@@ -15,6 +15,7 @@ pub mod fabric;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod otlp;
 pub mod plugins;
 pub mod replication;
 pub mod rpc;

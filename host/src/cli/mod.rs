@@ -23,6 +23,10 @@ struct Cli {
     /// Which lines: `RUST_LOG` (default `info`).
     #[arg(long, global = true, value_enum, env = "WEFT_LOG_FORMAT", default_value = "human")]
     log_format: LogFormat,
+    /// Export spans (each request's, with its trace id, on every node it crosses) to this
+    /// OpenTelemetry collector over OTLP/HTTP JSON (`http://HOST:4318`).
+    #[arg(long, global = true, env = "WEFT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -78,7 +82,14 @@ pub fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(args);
-    init_tracing(cli.log_format);
+    let otlp = match cli.otlp_endpoint.as_deref().map(weft::otlp::OtlpLayer::new).transpose() {
+        Ok(otlp) => otlp,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_tracing(cli.log_format, otlp);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -111,15 +122,15 @@ pub fn main() -> ExitCode {
 }
 
 /// Logs go to standard error, filtered by `RUST_LOG` (default `info`).
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, otlp: Option<weft::otlp::OtlpLayer>) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter).with(otlp);
     match format {
-        LogFormat::Human => logs.init(),
-        LogFormat::Json => logs.json().with_current_span(true).init(),
+        LogFormat::Human => registry.with(logs).init(),
+        LogFormat::Json => registry.with(logs.json().with_current_span(true)).init(),
     }
 }
 

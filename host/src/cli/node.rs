@@ -139,6 +139,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         Some(id) => id,
         None => persistent_node_id(data_dir.as_deref())?,
     };
+    weft::otlp::set_node(&node_id);
     let key = match &data_dir {
         Some(dir) => NodeKey::load_or_create(dir).context("keeping the node's key")?,
         None => {
