@@ -247,16 +247,12 @@ impl Fabric {
         }
     }
 
-    /// Calls `echo` on `node` through the fabric within `within`: whether it answered.
-    async fn reach(&self, node: &str, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        let Some(route) = self.with_state(|s| s.next_hop(node, &[])) else {
-            return false;
-        };
-        let request = CallRequest {
+    /// A call of the node itself (no tenant, no trace) for `fun` on `node`, starting here.
+    fn node_call(&self, node: &str, fun: &str, args: Vec<Value>) -> CallRequest {
+        CallRequest {
             id: 0,
-            fun: "echo".into(),
-            args: vec![Value::Null],
+            fun: fun.into(),
+            args,
             kwargs: serde_json::Map::new(),
             locs: Vec::new(),
             function_id: None,
@@ -268,7 +264,16 @@ impl Fabric {
             hops: MAX_HOPS,
             tenant: None,
             trace: None,
+        }
+    }
+
+    /// Calls `echo` on `node` through the fabric within `within`: whether it answered.
+    async fn reach(&self, node: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let Some(route) = self.with_state(|s| s.next_hop(node, &[])) else {
+            return false;
         };
+        let request = self.node_call(node, "echo", vec![Value::Null]);
         let answered = matches!(
             self.exchange(&route, request, deadline).await,
             Exchange::Answered(Ok(_))

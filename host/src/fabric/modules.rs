@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::wire::{CallRequest, WireError, MAX_HOPS};
+use super::wire::WireError;
 use super::{Exchange, Fabric};
 use crate::plugins::Selector;
 
@@ -225,22 +225,7 @@ impl Fabric {
         let Some(route) = self.with_state(|s| s.next_hop(node, &[])) else {
             return Err(format!("no route to node `{node}`"));
         };
-        let request = CallRequest {
-            id: 0,
-            fun: MODULE_FETCH.into(),
-            args: vec![digest.into(), offset.into(), len.into()],
-            kwargs: serde_json::Map::new(),
-            locs: Vec::new(),
-            function_id: None,
-            version_constraint: None,
-            deadline_ms: 0,
-            depth: 0,
-            target: node.to_string(),
-            path: vec![self.config.node_id.clone()],
-            hops: MAX_HOPS,
-            tenant: None,
-            trace: None,
-        };
+        let request = self.node_call(node, MODULE_FETCH, vec![digest.into(), offset.into(), len.into()]);
         let avoid = vec![self.config.node_id.clone()];
         match self.exchange_routed(route, request, deadline, avoid).await.0 {
             Exchange::Answered(Ok(value)) => Ok(value),
