@@ -4,7 +4,8 @@
 //!
 //! A request's trace id (its `u`, carried across hops) becomes the span's OTLP trace id (the first
 //! 16 bytes of its sha256), so the spans of one request on every node it crossed form one trace.
-//! Export never blocks the node: spans beyond a full queue are dropped and counted in the log.
+//! Export never blocks the node: spans beyond a full queue are dropped, and a failing collector
+//! is reported once (a warning) until it works again.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -58,9 +59,13 @@ struct Recording {
     start: SystemTime,
     span_id: [u8; 8],
     parent: Option<[u8; 8]>,
-    trace: Option<String>,
+    /// The OTLP trace id of the request the span belongs to.
+    trace: Option<[u8; 16]>,
     attributes: Vec<(String, String)>,
 }
+
+/// Longest attribute value exported (a request id is the client's, of any length).
+const MAX_VALUE: usize = 256;
 
 struct Finished {
     recording: Recording,
@@ -99,9 +104,17 @@ impl Visit for Fields<'_> {
 }
 
 impl Fields<'_> {
-    fn put(&mut self, field: &Field, value: String) {
+    fn put(&mut self, field: &Field, mut value: String) {
         if field.name() == "trace" && !value.is_empty() {
-            self.0.trace = Some(value.clone());
+            self.0.trace = Some(trace_id(&value));
+        }
+        if value.len() > MAX_VALUE {
+            let mut end = MAX_VALUE;
+            while !value.is_char_boundary(end) {
+                end -= 1;
+            }
+            value.truncate(end);
+            value.push('…');
         }
         self.0.attributes.push((field.name().to_string(), value));
     }
@@ -115,7 +128,7 @@ where
         let Some(span) = ctx.span(id) else { return };
         let parent = span
             .parent()
-            .and_then(|p| p.extensions().get::<Recording>().map(|r| (r.span_id, r.trace.clone())));
+            .and_then(|p| p.extensions().get::<Recording>().map(|r| (r.span_id, r.trace)));
         let mut recording = Recording {
             name: span.name(),
             target: span.metadata().target(),
@@ -162,15 +175,20 @@ impl Target {
             .strip_prefix("http://")
             .ok_or_else(|| format!("OTLP endpoint `{endpoint}`: only http:// collectors are supported"))?;
         let (authority, prefix) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-        let (host, port) = authority
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
-            .unwrap_or((authority.to_string(), 4318));
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') || host.ends_with(']') => (
+                host,
+                port.parse()
+                    .map_err(|_| format!("OTLP endpoint `{endpoint}`: `{port}` is not a port"))?,
+            ),
+            _ => (authority, 4318),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
         let prefix = prefix.trim_end_matches('/');
-        let path = if prefix.is_empty() {
-            "/v1/traces".to_string()
-        } else {
-            format!("/{prefix}/v1/traces")
+        let path = match prefix {
+            "" => "/v1/traces".to_string(),
+            p if p.ends_with("v1/traces") => format!("/{p}"),
+            p => format!("/{p}/v1/traces"),
         };
         Ok(Target { host, port, path })
     }
@@ -178,6 +196,7 @@ impl Target {
 
 fn export(target: Target, rx: Receiver<Finished>) {
     let mut batch = Vec::new();
+    let mut failing = false;
     loop {
         match rx.recv_timeout(FLUSH_EVERY) {
             Ok(span) => {
@@ -188,12 +207,12 @@ fn export(target: Target, rx: Receiver<Finished>) {
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                send(&target, &batch);
+                send(&target, &batch, &mut failing);
                 return;
             }
         }
         if !batch.is_empty() {
-            send(&target, &batch);
+            send(&target, &batch, &mut failing);
             batch.clear();
         }
     }
@@ -207,13 +226,12 @@ fn nanos(at: SystemTime) -> String {
     at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()).to_string()
 }
 
-/// The OTLP trace id of a request id: 16 bytes of its sha256 (a span outside any request gets
-/// its own).
-fn trace_id(trace: Option<&str>, span_id: [u8; 8]) -> String {
-    match trace {
-        Some(trace) => hex(&Sha256::digest(trace.as_bytes())[..16]),
-        None => hex(&Sha256::digest(span_id)[..16]),
-    }
+/// The OTLP trace id of a request id: 16 bytes of its sha256.
+fn trace_id(trace: &str) -> [u8; 16] {
+    let digest = Sha256::digest(trace.as_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
 }
 
 fn body(batch: &[Finished]) -> Value {
@@ -228,7 +246,8 @@ fn body(batch: &[Finished]) -> Value {
                 .collect();
             attributes.push(json!({"key": "code.namespace", "value": {"stringValue": r.target}}));
             json!({
-                "traceId": trace_id(r.trace.as_deref(), r.span_id),
+                // A span outside any request is a trace of its own.
+                "traceId": hex(&r.trace.unwrap_or_else(|| trace_id(&hex(&r.span_id)))),
                 "spanId": hex(&r.span_id),
                 "parentSpanId": r.parent.map(|p| hex(&p)).unwrap_or_default(),
                 "name": r.name,
@@ -249,9 +268,9 @@ fn body(batch: &[Finished]) -> Value {
     }]})
 }
 
-/// POSTs a batch; a collector that is down or refuses loses the batch (logged at debug: an
-/// error line per second would drown the node's log).
-fn send(target: &Target, batch: &[Finished]) {
+/// POSTs a batch; a collector that is down or refuses loses the batch. A warning is logged when
+/// export starts failing and a line when it works again (not one per batch).
+fn send(target: &Target, batch: &[Finished], failing: &mut bool) {
     if batch.is_empty() {
         return;
     }
@@ -276,10 +295,22 @@ fn send(target: &Target, batch: &[Finished]) {
         stream.read_exact(&mut status)?;
         Ok(String::from_utf8_lossy(&status[9..12]).into_owned())
     })();
-    match outcome {
-        Ok(code) if code.starts_with('2') => {}
-        Ok(code) => tracing::debug!(%code, spans = batch.len(), "the OTLP collector refused a batch"),
-        Err(e) => tracing::debug!(error = %e, spans = batch.len(), "cannot reach the OTLP collector"),
+    let problem = match outcome {
+        Ok(code) if code.starts_with('2') => None,
+        Ok(code) => Some(format!("the collector answered {code}")),
+        Err(e) => Some(format!("cannot reach the collector: {e}")),
+    };
+    match problem {
+        Some(problem) if !*failing => {
+            *failing = true;
+            tracing::warn!(spans = batch.len(), "OTLP export failing, spans are dropped: {problem}");
+        }
+        Some(problem) => tracing::debug!(spans = batch.len(), "OTLP export still failing: {problem}"),
+        None if *failing => {
+            *failing = false;
+            tracing::info!("OTLP export works again");
+        }
+        None => {}
     }
 }
 
@@ -304,8 +335,18 @@ mod tests {
 
     #[test]
     fn one_request_id_is_one_trace_id() {
-        assert_eq!(trace_id(Some("abc"), [1; 8]), trace_id(Some("abc"), [2; 8]));
-        assert_ne!(trace_id(Some("abc"), [1; 8]), trace_id(Some("abd"), [1; 8]));
-        assert_eq!(trace_id(Some("abc"), [1; 8]).len(), 32);
+        assert_eq!(trace_id("abc"), trace_id("abc"));
+        assert_ne!(trace_id("abc"), trace_id("abd"));
+    }
+
+    #[test]
+    fn more_endpoints_parse() {
+        let t = Target::parse("http://c:4318/v1/traces").unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("c", 4318, "/v1/traces"));
+        let t = Target::parse("http://[::1]:4319").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 4319));
+        let t = Target::parse("http://[::1]").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 4318));
+        assert!(Target::parse("http://c:port").is_err());
     }
 }

@@ -37,14 +37,27 @@ pub fn with_config_file(args: Vec<OsString>) -> anyhow::Result<(Vec<OsString>, B
         .find_subcommand("node")
         .context("the node command is missing")?
         .clone();
+    // Whether option `id` was given as a flag or an environment variable.
+    let given = |id: &str| {
+        [&matches, node].iter().any(|m| {
+            m.try_get_raw(id).is_ok()
+                && matches!(
+                    m.value_source(id),
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                )
+        })
+    };
     let mut extra = Vec::new();
     let mut set = BTreeSet::new();
     for (key, value) in &table {
         let wanted = key.replace('-', "_");
-        let Some(arg) = node_command.get_arguments().find(|a| {
+        // The node's options and the global ones (`log_format`, `otlp_endpoint`); never hidden
+        // (test-only) ones.
+        let Some(arg) = node_command.get_arguments().chain(command.get_arguments()).find(|a| {
             a.get_long()
                 .is_some_and(|long| long.replace('-', "_") == wanted || a.get_id().as_str() == wanted)
-                && a.get_id().as_str() != "config"
+                && !a.is_hide_set()
+                && !["config", "help", "version"].contains(&a.get_id().as_str())
         }) else {
             anyhow::bail!(
                 "{}: unknown key `{key}` (keys are the options of `weft node --help`, e.g. `max_mesh`, `seed`)",
@@ -52,11 +65,14 @@ pub fn with_config_file(args: Vec<OsString>) -> anyhow::Result<(Vec<OsString>, B
             );
         };
         let id = arg.get_id().as_str().to_string();
-        // Flags and environment variables win over the file.
-        if matches!(
-            node.value_source(&id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        ) {
+        // Flags and environment variables win over the file, also over a file value that
+        // conflicts with them (`no_cache` against `cache_dir`).
+        if given(&id)
+            || node_command
+                .get_arg_conflicts_with(arg)
+                .iter()
+                .any(|other| given(other.get_id().as_str()))
+        {
             continue;
         }
         let long = arg.get_long().unwrap_or_default();
