@@ -35,6 +35,8 @@ async fn call_prints_the_json_result() {
                 &["call", "math.mul", "--kw", "a=6", "--kw", "b=7", "--locs", "math"],
             ),
             weft(&url, &["call", "--url", &url, "echos", "-1", "{\"k\":true}", "plain"]),
+            // Options may follow the arguments, also after a negative number.
+            weft(&url, &["call", "math.add", "-2", "3", "--url", &url, "--locs", "math"]),
         ]
     })
     .await
@@ -47,6 +49,7 @@ async fn call_prints_the_json_result() {
     assert_eq!(stdout_json(&out[2])["median"], json!(3.0));
     assert_eq!(stdout_json(&out[3]), json!(42));
     assert_eq!(stdout_json(&out[4]), json!([-1, {"k": true}, "plain"]));
+    assert_eq!(String::from_utf8_lossy(&out[5].stdout).trim(), "1");
 }
 
 #[tokio::test]

@@ -38,7 +38,9 @@ pub struct CallArgs {
     /// The command, e.g. `math.add`.
     fun: String,
     /// Positional arguments; each is parsed as JSON where it parses, else taken as a string.
-    #[arg(allow_hyphen_values = true)]
+    /// Negative numbers are arguments; options (`--url`, `--kw`, `--locs`) may follow them; after
+    /// `--` everything is an argument.
+    #[arg(allow_negative_numbers = true)]
     args: Vec<String>,
     /// Keyword argument NAME=VALUE (VALUE parsed like ARGS); repeatable.
     #[arg(long = "kw", value_name = "NAME=VALUE")]
