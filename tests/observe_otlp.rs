@@ -62,27 +62,8 @@ async fn collector() -> (String, Arc<Mutex<Vec<Value>>>) {
 }
 
 async fn node(dir: &Path, name: &str, plugins: &[&str], seed: Option<&str>, otlp: &str) -> NodeProcess {
-    let plugin_dir = dir.join(format!("{name}-plugins"));
-    std::fs::create_dir_all(&plugin_dir).unwrap();
-    for plugin in plugins {
-        std::fs::copy(support::plugin_file(plugin), plugin_dir.join(format!("{plugin}.wasm"))).unwrap();
-    }
-    let mut args = vec![
-        "node".to_string(),
-        "--listen=127.0.0.1:0".into(),
-        format!("--plugins={}", plugin_dir.display()),
-        format!("--data-dir={}", dir.join(format!("{name}-data")).display()),
-        format!("--cache-dir={}", dir.join(format!("{name}-cache")).display()),
-        format!("--node-id={name}"),
-        "--cluster-secret=otlp-test".into(),
-        format!("--otlp-endpoint={otlp}"),
-    ];
-    if let Some(seed) = seed {
-        args.push(format!("--seed={seed}"));
-    }
-    NodeProcess::spawn(Path::new(env!("CARGO_BIN_EXE_weft")), &args, Duration::from_secs(60))
-        .await
-        .unwrap()
+    let extra = [format!("--otlp-endpoint={otlp}")];
+    support::named_node(dir, name, plugins, seed, &extra, &[], None).await
 }
 
 /// The (node, span name) of every exported span of the OTLP trace `trace_id`.

@@ -7,38 +7,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{eventually, plugin_file};
+use support::eventually;
 use weft::net::Client;
 use weft::node::NodeProcess;
 
 /// A node serving copies of `plugins`, logging (at `log_filter`) to `dir/NAME.log`.
 async fn node(dir: &Path, name: &str, plugins: &[&str], seed: Option<&str>, log_filter: &str) -> NodeProcess {
-    let plugin_dir = dir.join(format!("{name}-plugins"));
-    std::fs::create_dir_all(&plugin_dir).unwrap();
-    for plugin in plugins {
-        std::fs::copy(plugin_file(plugin), plugin_dir.join(format!("{plugin}.wasm"))).unwrap();
-    }
-    let mut args = vec![
-        "node".to_string(),
-        "--listen=127.0.0.1:0".into(),
-        format!("--plugins={}", plugin_dir.display()),
-        format!("--data-dir={}", dir.join(format!("{name}-data")).display()),
-        format!("--cache-dir={}", dir.join(format!("{name}-cache")).display()),
-        "--cluster-secret=trace-test".into(),
-    ];
-    if let Some(seed) = seed {
-        args.push(format!("--seed={seed}"));
-    }
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    NodeProcess::spawn_with(
-        Path::new(env!("CARGO_BIN_EXE_weft")),
-        &args,
-        Duration::from_secs(60),
-        &[("RUST_LOG", log_filter), ("NO_COLOR", "1")],
-        Some(log),
-    )
-    .await
-    .unwrap()
+    let env = [("RUST_LOG", log_filter), ("NO_COLOR", "1")];
+    support::named_node(dir, name, plugins, seed, &[], &env, Some(log)).await
 }
 
 #[tokio::test]

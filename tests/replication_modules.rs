@@ -247,13 +247,7 @@ async fn tampered_bytes_from_a_peer_are_refused_and_calls_still_reach_the_origin
 async fn a_tenant_that_requires_signatures_replicates_only_signed_modules() {
     let keys = tempfile::tempdir().unwrap();
     let key = keys.path().join("publisher.key");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["plugin", "keygen", "--key", key.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let at = stdout.find("ed25519:").unwrap();
-    let public = &stdout[at..at + 8 + 64];
+    let public = support::keygen(&key);
     let tenants = keys.path().join("tenants.toml");
     std::fs::write(
         &tenants,
@@ -296,17 +290,7 @@ async fn a_tenant_that_requires_signatures_replicates_only_signed_modules() {
     );
 
     let component = dir.join("greeter.wasm");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args([
-            "plugin",
-            "sign",
-            component.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    support::sign(&component, &key);
     assert!(
         eventually(Duration::from_secs(20), || async {
             plugin_report(&client, "acme/greeter").await["state"] == "serving"

@@ -3,35 +3,12 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
-use support::{eventually, install_plugin, plugin_file, plugin_report, TestNode};
+use support::{eventually, install_plugin, keygen, plugin_file, plugin_report, sign, weft_cli as weft, TestNode};
 use weft::net::Client;
 use weft::tenancy::hash_token;
-
-fn weft(args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// Creates a publisher key at `path`; returns its `ed25519:` public key.
-fn keygen(path: &Path) -> String {
-    let out = weft(&["plugin", "keygen", "--key", path.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let start = stdout.find("ed25519:").unwrap();
-    stdout[start..start + 8 + 64].to_string()
-}
-
-fn sign(file: &Path, key: &Path) {
-    let out = weft(&["plugin", "sign", file.to_str().unwrap(), "--key", key.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
 
 async fn hello(client: &Client) -> Result<Value, String> {
     client

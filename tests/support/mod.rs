@@ -309,3 +309,67 @@ pub async fn outcome(client: &Client, fun: &str, args: Value, kwargs: Value) -> 
         Err(e) => panic!("the connection failed: {e}"),
     }
 }
+
+/// Runs the `weft` CLI with `args`.
+pub fn weft_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Creates a publisher key at `path` (`weft plugin keygen`); returns its `ed25519:` public key.
+pub fn keygen(path: &Path) -> String {
+    let out = weft_cli(&["plugin", "keygen", "--key", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let start = stdout.find("ed25519:").unwrap();
+    stdout[start..start + 8 + 64].to_string()
+}
+
+/// Signs `file` with the publisher key at `key` (`weft plugin sign`).
+pub fn sign(file: &Path, key: &Path) {
+    let out = weft_cli(&["plugin", "sign", file.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A node with id `name` whose plugin directory, data and cache live under `dir`, serving copies
+/// of `plugins`, seeded from `seed`, with `extra` arguments, `env` and (when given) its standard
+/// error in `log`.
+pub async fn named_node(
+    dir: &Path,
+    name: &str,
+    plugins: &[&str],
+    seed: Option<&str>,
+    extra: &[String],
+    env: &[(&str, &str)],
+    log: Option<std::fs::File>,
+) -> NodeProcess {
+    let plugin_dir = dir.join(format!("{name}-plugins"));
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    for plugin in plugins {
+        std::fs::copy(plugin_file(plugin), plugin_dir.join(format!("{plugin}.wasm"))).unwrap();
+    }
+    let mut args = vec![
+        "node".to_string(),
+        "--listen=127.0.0.1:0".into(),
+        format!("--plugins={}", plugin_dir.display()),
+        format!("--data-dir={}", dir.join(format!("{name}-data")).display()),
+        format!("--cache-dir={}", dir.join(format!("{name}-cache")).display()),
+        format!("--node-id={name}"),
+        "--cluster-secret=named-nodes".into(),
+    ];
+    if let Some(seed) = seed {
+        args.push(format!("--seed={seed}"));
+    }
+    args.extend(extra.iter().cloned());
+    NodeProcess::spawn_with(
+        Path::new(env!("CARGO_BIN_EXE_weft")),
+        &args,
+        Duration::from_secs(60),
+        env,
+        log,
+    )
+    .await
+    .unwrap()
+}

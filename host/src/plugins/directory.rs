@@ -92,6 +92,8 @@ pub struct ReplicaModule {
     pub origin: String,
     /// Where the module store keeps it.
     pub file: PathBuf,
+    /// The sha256 of `bytes` (checked when they were fetched or read from the store).
+    pub digest: String,
     pub bytes: Vec<u8>,
     /// Its publisher signature (the text of a `.sig` file), if it has one.
     pub signature: Option<String>,
@@ -251,6 +253,7 @@ impl PluginDir {
             name,
             origin,
             file,
+            digest,
             bytes,
             signature,
             public,
@@ -259,7 +262,6 @@ impl PluginDir {
         if entries.get(&name).is_some_and(|e| e.replica.is_none()) {
             return Err(format!("this node's directory has a plugin `{name}`"));
         }
-        let digest = crate::runtime::digest(&bytes);
         let size = bytes.len() as u64;
         let loaded = match self.check_signature_text(&name, &digest, || signature) {
             Ok(()) => self.runtime.load(&name, bytes).await.map_err(|e| e.to_string()),

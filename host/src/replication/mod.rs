@@ -276,6 +276,7 @@ impl Replication {
             name: offer.plugin.clone(),
             origin: offer.node.clone(),
             file: self.store.path(&offer.digest),
+            digest: offer.digest.clone(),
             bytes,
             signature,
             public: offer.public,
