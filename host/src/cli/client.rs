@@ -91,8 +91,12 @@ pub async fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
             (Some(n), Some(bytes)) if n > 0 => format!("  warm {n} ({:.1} MiB)", bytes as f64 / f64::from(1 << 20)),
             _ => String::new(),
         };
+        let replica = match plugin["replica_of"].as_str() {
+            Some(node) => format!("  replica of {node} (fetched {}×)", plugin["fetches"]),
+            None => String::new(),
+        };
         println!(
-            "{}  {}  {digest}  {origin}  {}{warm}",
+            "{}  {}  {digest}  {origin}  {}{warm}{replica}",
             text(&plugin["name"]),
             text(&plugin["state"]),
             text(&plugin["file"])
