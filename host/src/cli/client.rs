@@ -158,6 +158,23 @@ pub async fn peers(args: FabricArgs) -> anyhow::Result<ExitCode> {
             peer["commands"].as_u64().unwrap_or(0)
         );
     }
+    for gateway in report["gateways"].as_array().into_iter().flatten() {
+        let clusters: Vec<String> = gateway["clusters"].as_array().into_iter().flatten().map(text).collect();
+        let default = if gateway["default_route"].as_bool() == Some(true) {
+            " (and a default route)"
+        } else {
+            ""
+        };
+        println!(
+            "  gateway {} of cluster {} (tier {})  {}  rtt {:.2} ms  reaches {}{default}",
+            text(&gateway["node"]),
+            text(&gateway["cluster"]),
+            gateway["tier"].as_u64().unwrap_or(0),
+            text(&gateway["url"]),
+            gateway["rtt_us"].as_u64().unwrap_or(0) as f64 / 1000.0,
+            clusters.join(",")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -169,12 +186,21 @@ pub async fn catalog(args: FabricArgs) -> anyhow::Result<ExitCode> {
     let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
     for row in report.as_array().into_iter().flatten() {
         let tags: Vec<String> = row["tags"].as_array().into_iter().flatten().map(text).collect();
+        // A command of another cluster shows the cluster, how far it is and the way there.
+        let place = match row["cluster"].as_str() {
+            Some(cluster) => format!(
+                "in cluster {cluster} ({} crossings, {} ms, via {})",
+                row["crossings"].as_u64().unwrap_or(0),
+                row["metric_ms"].as_u64().unwrap_or(0),
+                text(&row["via"])
+            ),
+            None => format!("on {}", text(&row["node"])),
+        };
         println!(
-            "{} {} [{}] on {}",
+            "{} {} [{}] {place}",
             text(&row["command"]),
             text(&row["version"]),
             tags.join(","),
-            text(&row["node"])
         );
     }
     Ok(ExitCode::SUCCESS)

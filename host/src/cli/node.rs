@@ -49,9 +49,28 @@ pub struct NodeArgs {
     /// A node to join the fabric through (its client URL); repeatable.
     #[arg(long = "seed", env = "WEFT_SEEDS", value_delimiter = ',')]
     seeds: Vec<String>,
-    /// The cluster this node belongs to; nodes of other clusters are refused.
+    /// The cluster this node belongs to; nodes of other clusters are refused unless --bridge
+    /// names them.
     #[arg(long, env = "WEFT_CLUSTER", default_value = "default")]
     cluster: String,
+    /// Another cluster this node links to as a gateway (a --seed of that cluster, or a node of
+    /// it dialing in); repeatable; `*`: any cluster [default: none, the cluster is isolated].
+    #[arg(long = "bridge", env = "WEFT_BRIDGE", value_delimiter = ',')]
+    bridge: Vec<String>,
+    /// Secret proven on links to other clusters [default: the cluster secret].
+    #[arg(long, env = "WEFT_GATEWAY_SECRET", hide_env_values = true)]
+    gateway_secret: Option<String>,
+    /// The node's tier (0: the top). Links to a higher tier carry this cluster's summaries up
+    /// and bring a default route down (leafnode style).
+    #[arg(long, env = "WEFT_TIER", default_value_t = 0)]
+    tier: u8,
+    /// A region label, shown by `weft peers` and /status.
+    #[arg(long, env = "WEFT_REGION")]
+    region: Option<String>,
+    /// Cluster boundaries a call may cross; routes are advertised one boundary farther, so a
+    /// command just out of reach gets an error naming the budget.
+    #[arg(long, env = "WEFT_HOP_BUDGET", default_value_t = weft::fabric::wire::DEFAULT_HOP_BUDGET)]
+    hop_budget: u8,
     /// Secret shared by the cluster's nodes; proven in every peer handshake, never sent.
     #[arg(long, env = "WEFT_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
@@ -158,6 +177,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         timing: Timing::default(),
         fault_injection: args.fault_injection,
         tls: None,
+        bridge: weft::fabric::federation::Bridging::from_list(&args.bridge),
+        gateway_secret: args.gateway_secret.map(String::into_bytes),
+        tier: args.tier,
+        region: args.region,
+        hop_budget: args.hop_budget,
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(

@@ -33,6 +33,20 @@ struct Peer {
     node: String,
     url: String,
     key: [u8; 32],
+    cluster: String,
+    tier: u8,
+}
+
+/// Why a node of `cluster` may not link to this one, if it may not: another cluster needs a
+/// bridge (`--bridge`).
+fn unbridged(fabric: &Fabric, node: &str, cluster: &str) -> Option<String> {
+    let config = &fabric.config;
+    (cluster != config.cluster && !config.bridge.allows(cluster)).then(|| {
+        format!(
+            "node `{node}` is of cluster `{cluster}` and cluster `{}` does not bridge to it (--bridge)",
+            config.cluster
+        )
+    })
 }
 
 /// Dials `url` and, once authenticated, runs the link.
@@ -164,6 +178,7 @@ where
             url: config.advertise_url.clone(),
             key: my_key,
             nonce: my_nonce,
+            tier: config.tier,
         },
     )
     .await?;
@@ -175,31 +190,42 @@ where
             url,
             key,
             nonce,
+            tier,
             proof,
             signature,
         } => {
-            if protocol != PROTOCOL_VERSION || cluster != config.cluster {
-                return Err(refuse(ws, format!("peer speaks protocol {protocol} of cluster `{cluster}`")).await);
+            if protocol != PROTOCOL_VERSION {
+                return Err(refuse(ws, format!("peer speaks protocol {protocol}, not {PROTOCOL_VERSION}")).await);
             }
+            if let Some(reason) = unbridged(fabric, &node, &cluster) {
+                return Err(refuse(ws, reason).await);
+            }
+            let secret = config.secret_for(&cluster);
             let me = auth::Party {
                 node: &config.node_id,
                 key: &my_key,
             };
             let them = auth::Party { node: &node, key: &key };
             let theirs = auth::transcript("listener", &my_nonce, &nonce, me, them);
-            if let Some(failed) = unproven(&config.secret, &theirs, &proof, &key, &signature) {
+            if let Some(failed) = unproven(secret, &theirs, &proof, &key, &signature) {
                 return Err(refuse(ws, format!("peer `{node}` {failed}")).await);
             }
             let mine = auth::transcript("dialer", &my_nonce, &nonce, me, them);
             send(
                 ws,
                 &PeerMessage::Proof {
-                    proof: auth::proof(&config.secret, &mine),
+                    proof: auth::proof(secret, &mine),
                     signature: config.key.sign(&mine),
                 },
             )
             .await?;
-            Ok(Peer { node, url, key })
+            Ok(Peer {
+                node,
+                url,
+                key,
+                cluster,
+                tier,
+            })
         }
         PeerMessage::Refused { reason } => Err(format!("the peer refused: {reason}")),
         other => Err(format!("unexpected handshake message {other:?}")),
@@ -218,6 +244,7 @@ where
         url,
         key,
         nonce: dialer_nonce,
+        tier,
     } = receive(ws).await?
     else {
         return Err(refuse(ws, "expected Hello".into()).await);
@@ -225,23 +252,18 @@ where
     if protocol != PROTOCOL_VERSION {
         return Err(refuse(ws, format!("protocol {protocol} is not {PROTOCOL_VERSION}")).await);
     }
-    if cluster != config.cluster {
-        return Err(refuse(
-            ws,
-            format!(
-                "node `{node}` is of cluster `{cluster}`, this node of `{}`",
-                config.cluster
-            ),
-        )
-        .await);
+    if let Some(reason) = unbridged(fabric, &node, &cluster) {
+        return Err(refuse(ws, reason).await);
     }
+    let secret = config.secret_for(&cluster);
+    let gateway = cluster != config.cluster;
     if node == config.node_id {
         return Err(refuse(ws, format!("node `{node}` dialed itself (or two nodes share an id)")).await);
     }
     if fabric.with_state(|s| s.blocked.contains(&node)) {
         return Err(refuse(ws, format!("node `{node}` is cut off (fault injection)")).await);
     }
-    if !fabric.with_state(|s| s.accepts_link(&node, config.max_mesh)) {
+    if !gateway && !fabric.with_state(|s| s.accepts_link(&node, config.max_mesh)) {
         return Err(refuse(
             ws,
             format!("{AT_CAPACITY}: `{}` has all the links it keeps", config.node_id),
@@ -265,7 +287,8 @@ where
             url: config.advertise_url.clone(),
             key: my_key,
             nonce: my_nonce,
-            proof: auth::proof(&config.secret, &mine),
+            tier: config.tier,
+            proof: auth::proof(secret, &mine),
             signature: config.key.sign(&mine),
         },
     )
@@ -273,10 +296,16 @@ where
     match receive(ws).await? {
         PeerMessage::Proof { proof, signature } => {
             let theirs = auth::transcript("dialer", &dialer_nonce, &my_nonce, them, me);
-            if let Some(failed) = unproven(&config.secret, &theirs, &proof, &key, &signature) {
+            if let Some(failed) = unproven(secret, &theirs, &proof, &key, &signature) {
                 return Err(refuse(ws, format!("node `{node}` at {url} {failed}")).await);
             }
-            Ok(Peer { node, url, key })
+            Ok(Peer {
+                node,
+                url,
+                key,
+                cluster,
+                tier,
+            })
         }
         PeerMessage::Refused { reason } => Err(format!("node `{node}` refused: {reason}")),
         other => Err(format!("unexpected handshake message {other:?}")),
@@ -289,25 +318,32 @@ async fn run<S>(fabric: Arc<Fabric>, ws: WebSocketStream<S>, peer: Peer, dialed:
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (tx, mut outbox) = mpsc::channel::<PeerMessage>(LINK_QUEUE);
+    let (tx, outbox) = mpsc::channel::<PeerMessage>(LINK_QUEUE);
     let me = fabric.config.node_id.clone();
     let dialer = if dialed.is_some() {
         me.as_str()
     } else {
         peer.node.as_str()
     };
+    // A link to a node of another cluster is a gateway link: no gossip crosses it, only
+    // route tables, calls and their replies.
+    let gateway = peer.cluster != fabric.config.cluster;
     let added = fabric.with_state(|s| {
         if fabric.is_leaving() {
             return None;
         }
-        let added = s.add_link(
-            &peer.node,
-            &peer.url,
-            peer.key,
-            dialer,
-            tx.clone(),
-            fabric.config.max_mesh,
-        );
+        let added = if gateway {
+            s.add_gateway(&peer.node, &peer.url, &peer.cluster, peer.tier, dialer, tx.clone())
+        } else {
+            s.add_link(
+                &peer.node,
+                &peer.url,
+                peer.key,
+                dialer,
+                tx.clone(),
+                fabric.config.max_mesh,
+            )
+        };
         if let Some(url) = &dialed {
             s.dial_done(url, added.is_some());
         }
@@ -318,37 +354,20 @@ where
         return;
     };
     let frame_limit = fabric.peer_frame_limit();
-    tracing::info!(peer = %peer.node, url = %peer.url, "peer linked");
-    let (mut sink, mut source) = ws.split();
-    let out_stats = stats.clone();
-    let writer = tokio::spawn(async move {
-        let stats = out_stats;
-        while let Some(message) = outbox.recv().await {
-            let Some(frame) = frame_of(&message, frame_limit, &stats) else {
-                continue;
-            };
-            if sink.feed(Message::Binary(frame.into())).await.is_err() {
-                return;
-            }
-            while let Ok(message) = outbox.try_recv() {
-                let Some(frame) = frame_of(&message, frame_limit, &stats) else {
-                    continue;
-                };
-                if sink.feed(Message::Binary(frame.into())).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.close().await;
-    });
-    // What the peer needs first: this node's record, and the versions of every record held
-    // (the peer asks for what it lacks and sends what this node lacks).
-    let (record, versions) = fabric.with_state(|s| (s.own_record_message(), s.versions_message()));
-    let _ = tx.try_send(record);
-    let _ = tx.try_send(versions);
+    if gateway {
+        tracing::info!(peer = %peer.node, url = %peer.url, cluster = %peer.cluster, "gateway linked");
+    } else {
+        tracing::info!(peer = %peer.node, url = %peer.url, "peer linked");
+    }
+    let (sink, mut source) = ws.split();
+    let writer = tokio::spawn(write_frames(sink, outbox, stats.clone(), frame_limit));
+    if !gateway {
+        // What the peer needs first: this node's record, and the versions of every record held
+        // (the peer asks for what it lacks and sends what this node lacks).
+        let (record, versions) = fabric.with_state(|s| (s.own_record_message(), s.versions_message()));
+        let _ = tx.try_send(record);
+        let _ = tx.try_send(versions);
+    }
 
     let timing = fabric.config.timing.clone();
     // Silence is checked four times per ping interval, so that it is noticed soon after the
@@ -413,6 +432,11 @@ where
                         }
                     }
                     PeerMessage::Reply { id, outcome } => fabric.complete(id, outcome),
+                    PeerMessage::Deliver(delivery) => fabric.deliver(delivery),
+                    PeerMessage::Routes(table) if gateway => fabric.with_state(|s| s.learn_routes(&peer.node, table)),
+                    other if gateway => {
+                        tracing::debug!(peer = %peer.node, message = ?other, "not a message for a gateway link");
+                    }
                     PeerMessage::Unlink => {
                         tracing::debug!(peer = %peer.node, "the peer dropped the link (partial view)");
                         unlinked = true;
@@ -431,7 +455,7 @@ where
                     }
                 }
             }
-            Some(reply) = serving.next(), if !serving.is_empty() => queue(&tx, reply),
+            Some((reply, _)) = serving.next(), if !serving.is_empty() => queue(&tx, reply),
             _ = check.tick() => {
                 if fabric.with_state(|s| s.blocked.contains(&peer.node)) {
                     tracing::info!(peer = %peer.node, "link cut (fault injection)");
@@ -468,17 +492,91 @@ where
         }
     }
     fabric.with_state(|s| {
-        s.remove_link(&peer.node, link_id, unlinked);
-        if left {
-            s.node_left(&peer.node);
+        if gateway {
+            s.remove_gateway(&peer.node, link_id);
+        } else {
+            s.remove_link(&peer.node, link_id, unlinked);
+            if left {
+                s.node_left(&peer.node);
+            }
         }
     });
     fabric.fail_pending(link_id);
     drop(tx);
     writer.abort();
+    // Calls of the peer still running finish; a reply that may go back another way (a call
+    // crossing clusters) is rerouted to the node the call came from.
+    if !serving.is_empty() {
+        let fabric = fabric.clone();
+        tokio::spawn(async move {
+            while let Some((reply, reply_to)) = serving.next().await {
+                if let (PeerMessage::Reply { outcome, .. }, Some(to)) = (reply, reply_to) {
+                    fabric.deliver(wire::Delivery {
+                        to,
+                        outcome,
+                        hops: wire::MAX_HOPS.saturating_mul(2),
+                    });
+                }
+            }
+        });
+    }
     if !left {
         tracing::info!(peer = %peer.node, "peer link closed");
     }
+}
+
+/// Writes the link's frames in order, batching what is queued; with a delay set (fault
+/// injection) each frame leaves that long after it was queued.
+async fn write_frames<S>(
+    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    mut outbox: mpsc::Receiver<PeerMessage>,
+    stats: Arc<LinkStats>,
+    frame_limit: usize,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut held: std::collections::VecDeque<(Instant, PeerMessage)> = std::collections::VecDeque::new();
+    loop {
+        let due = held.front().map(|(at, _)| *at);
+        let ready: Vec<PeerMessage> = tokio::select! {
+            message = outbox.recv() => {
+                let Some(message) = message else { break };
+                let delay = stats.delay_us.load(Ordering::Relaxed);
+                if delay == 0 && held.is_empty() {
+                    let mut batch = vec![message];
+                    while let Ok(message) = outbox.try_recv() {
+                        batch.push(message);
+                    }
+                    batch
+                } else {
+                    held.push_back((Instant::now() + Duration::from_micros(delay), message));
+                    continue;
+                }
+            }
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                let now = Instant::now();
+                let mut batch = Vec::new();
+                while held.front().is_some_and(|(at, _)| *at <= now) {
+                    if let Some((_, message)) = held.pop_front() {
+                        batch.push(message);
+                    }
+                }
+                batch
+            }
+        };
+        for message in ready {
+            let Some(frame) = frame_of(&message, frame_limit, &stats) else {
+                continue;
+            };
+            if sink.feed(Message::Binary(frame.into())).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
 }
 
 /// Decodes a frame read from the link, counting its bytes.

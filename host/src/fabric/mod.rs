@@ -9,6 +9,8 @@
 //! - [`state`]: members, records, links, and the choice of a replica and of the link to it.
 //! - [`route`]: shortest paths through nodes that are not linked directly.
 //! - [`modules`]: what other nodes offer for replication, and modules fetched by digest.
+//! - [`federation`]: clusters linked by gateways, the summaries they exchange, and the way a
+//!   call takes to another cluster.
 //!
 //! Every node owns its record (catalog entries, URL, links) and signs it with its key; any node
 //! relays it and none can forge it. Links form a full mesh up to `max_mesh` nodes and a partial
@@ -16,6 +18,7 @@
 //! others, hop by hop, with a hop budget. Anti-entropy digests repair any update that was missed.
 
 pub mod auth;
+pub mod federation;
 mod gossip;
 pub mod identity;
 mod link;
@@ -92,6 +95,27 @@ pub struct FabricConfig {
     /// How `wss://` peers are dialed: the CA they must chain to, and this node's certificate
     /// with mutual TLS. `None`: only `ws://` peers.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The other clusters this node links to (through gateway links).
+    pub bridge: federation::Bridging,
+    /// Proven on links to other clusters; `None`: the cluster secret.
+    pub gateway_secret: Option<Vec<u8>>,
+    /// The node's tier (0: the top). A link to a higher tier carries this cluster's summaries
+    /// up and brings a default route down.
+    pub tier: u8,
+    /// A label for operators (shown by `weft peers` and `/status`).
+    pub region: Option<String>,
+    /// Cluster boundaries a call may cross.
+    pub hop_budget: u8,
+}
+
+impl FabricConfig {
+    /// The secret proven on a link to a node of `cluster`.
+    fn secret_for(&self, cluster: &str) -> &[u8] {
+        match &self.gateway_secret {
+            Some(secret) if cluster != self.cluster => secret,
+            _ => &self.secret,
+        }
+    }
 }
 
 /// This node's part of the fabric.
@@ -114,6 +138,9 @@ pub struct Fabric {
 struct Pending {
     /// The link the call was sent on.
     link: u64,
+    /// The reply may come back another way (a call crossing clusters): losing the link does
+    /// not fail the call; the deadline does.
+    reroutable: bool,
     reply: oneshot::Sender<Result<Value, WireError>>,
 }
 
@@ -138,6 +165,7 @@ impl Fabric {
         executor.set_remote(fabric.clone());
         tokio::spawn(fabric.clone().maintain());
         tokio::spawn(fabric.clone().publish_local_catalog());
+        tokio::spawn(fabric.clone().federate());
         fabric
     }
 
@@ -264,6 +292,62 @@ impl Fabric {
             hops: MAX_HOPS,
             tenant: None,
             trace: None,
+            cluster: None,
+            cluster_hops: 0,
+            clusters: Vec::new(),
+            reply_to: None,
+        }
+    }
+
+    /// Keeps the routes between clusters: recomputes them whenever what they depend on
+    /// changes (and every half second, for round trips), re-signs this node's record when its
+    /// routes change, and sends each gateway peer its table when it changes.
+    async fn federate(self: Arc<Self>) {
+        let dirty = self.with_state(|s| s.federation_dirty.clone());
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop = self.stop.clone();
+        loop {
+            tokio::select! {
+                _ = dirty.notified() => {}
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if self.is_leaving() {
+                return;
+            }
+            let (publish, sends) = self.with_state(|s| s.federation_update());
+            if let Some(record) = publish {
+                self.broadcast(record);
+            }
+            for (tx, table) in sends {
+                if tx.try_send(PeerMessage::Routes(table)).is_err() {
+                    self.with_state(|s| s.routes_unsent(&tx));
+                }
+            }
+        }
+    }
+
+    /// Passes a rerouted reply on towards the node it is for.
+    fn deliver(&self, mut delivery: wire::Delivery) {
+        if delivery.to.node == self.config.node_id {
+            self.complete(delivery.to.id, delivery.outcome);
+            return;
+        }
+        if delivery.hops == 0 {
+            tracing::debug!(to = %delivery.to.node, "a rerouted reply ran out of hops");
+            return;
+        }
+        delivery.hops -= 1;
+        let route = self.with_state(|s| s.reply_route(&delivery.to.node, &delivery.to.cluster));
+        match route {
+            Some(route) => {
+                tracing::debug!(to = %delivery.to.node, via = %route.via, "rerouting a reply");
+                if route.tx.try_send(PeerMessage::Deliver(delivery)).is_err() {
+                    tracing::debug!(via = %route.via, "the link for a rerouted reply is full or gone");
+                }
+            }
+            None => tracing::debug!(to = %delivery.to.node, "no way back for a reply"),
         }
     }
 
@@ -327,23 +411,139 @@ impl Fabric {
     }
 
     /// Runs a call that came from a peer, on this node or (when it is for another node) on the
-    /// next hop towards it; returns the reply.
-    async fn serve_call(self: Arc<Self>, request: CallRequest) -> PeerMessage {
+    /// next hop towards it; returns the reply, and where it goes if the link back is gone.
+    async fn serve_call(self: Arc<Self>, request: CallRequest) -> (PeerMessage, Option<wire::ReturnAddress>) {
         let id = request.id;
-        let outcome = if request.target == self.config.node_id && request.fun == modules::MODULE_FETCH {
-            self.serve_module(&request.args).await
-        } else if request.target == self.config.node_id {
-            self.run_here(request).await
-        } else {
+        let reply_to = request.reply_to.clone();
+        let outcome = if request.target != self.config.node_id {
             self.forward(request).await
+        } else if request.fun == modules::MODULE_FETCH {
+            self.serve_module(&request.args).await
+        } else if request.cluster.is_some() {
+            self.toward_cluster(request).await
+        } else {
+            self.run_here(request).await
         };
-        PeerMessage::Reply { id, outcome }
+        (PeerMessage::Reply { id, outcome }, reply_to)
     }
 
-    async fn run_here(&self, request: CallRequest) -> Result<Value, WireError> {
+    /// A call on its way to another cluster reached this node: runs it in this cluster when
+    /// it is the one the call is for (or, for any cluster, when this one serves it), else
+    /// passes it on towards it.
+    async fn toward_cluster(&self, mut request: CallRequest) -> Result<Value, WireError> {
+        let mine = &self.config.cluster;
+        let cluster = request.cluster.clone().unwrap_or_default();
+        let selector = self.selector_of(&request);
+        let here = cluster == *mine
+            || (cluster == federation::ANY_CLUSTER
+                && (self.executor.table().find(&request.fun, &selector).is_ok()
+                    || self.with_state(|s| s.served_in_cluster(&request.fun, &selector))));
+        if here {
+            let selector = Selector {
+                target_cluster: Some(mine.clone()),
+                ..selector
+            };
+            let context = self.context_of(&request);
+            let span = tracing::info_span!("request", trace = %request.trace.as_deref().unwrap_or_default());
+            return self
+                .executor
+                .dispatch(&request.fun, request.args, request.kwargs, &selector, context)
+                .instrument(span)
+                .await
+                .map_err(to_wire);
+        }
+        let budget = Duration::from_millis(request.deadline_ms).min(self.executor.limits().call_deadline);
+        let deadline = Instant::now() + budget;
+        let fun = request.fun.clone();
+        let want_cluster = (cluster != federation::ANY_CLUSTER).then_some(cluster.as_str());
+        let step = self.step_towards(&fun, &selector, want_cluster, &request)?;
+        self.take_step(&mut request, &step)?;
+        match self.exchange(&step.route, request, deadline).await {
+            Exchange::Answered(outcome) => outcome,
+            other => Err(to_wire(other.into_error(&fun, &step.route, budget))),
+        }
+    }
+
+    /// The next step of a call towards another cluster (`cluster`, or any that serves it).
+    fn step_towards(
+        &self,
+        fun: &str,
+        selector: &Selector,
+        cluster: Option<&str>,
+        request: &CallRequest,
+    ) -> Result<federation::Step, WireError> {
+        let mut visited = request.clusters.clone();
+        visited.push(self.config.cluster.clone());
+        let want = match cluster {
+            Some(cluster) => federation::Want::Cluster(cluster),
+            None => federation::Want::Serving { fun, selector },
+        };
+        let step = self.with_state(|s| s.toward(want, &visited, &request.path, request.cluster_hops));
+        step.map_err(|miss| to_wire(self.missed(fun, selector, cluster, miss)))
+    }
+
+    /// Why no cluster could be found for a call.
+    fn missed(&self, fun: &str, selector: &Selector, cluster: Option<&str>, miss: federation::Miss) -> CommandError {
+        match miss {
+            federation::Miss::BeyondBudget { cluster, crossings } => CommandError::NotFound(format!(
+                "command `{fun}` is served in cluster `{cluster}`, {crossings} cluster hops away: beyond the hop budget of {} (--hop-budget)",
+                self.config.hop_budget
+            )),
+            federation::Miss::Unknown => match cluster.or(selector.target_cluster.as_deref()) {
+                Some(cluster) => CommandError::NotFound(format!(
+                    "command `{fun}`: no route to cluster `{cluster}` serving it from cluster `{}`",
+                    self.config.cluster
+                )),
+                None => not_found(fun, selector, false),
+            },
+        }
+    }
+
+    /// Moves `request` one step on: a crossing spends a cluster hop; every step a node hop.
+    fn take_step(&self, request: &mut CallRequest, step: &federation::Step) -> Result<(), WireError> {
+        let me = &self.config.node_id;
+        let fail = |message: String| WireError {
+            kind: "not-found".into(),
+            message,
+        };
+        if request.hops == 0 {
+            return Err(fail(format!("{}: the hop budget of {MAX_HOPS} nodes is spent", request.fun)));
+        }
+        if step.crosses {
+            if request.cluster_hops == 0 {
+                return Err(fail(format!(
+                    "{}: the hop budget of cluster crossings is spent at cluster `{}`",
+                    request.fun, self.config.cluster
+                )));
+            }
+            request.cluster_hops -= 1;
+            request.clusters.push(self.config.cluster.clone());
+        }
+        if request.cluster.as_deref() == Some(federation::ANY_CLUSTER) || request.cluster.is_none() {
+            request.cluster = Some(step.cluster.clone());
+        }
+        request.target = step.route.target.clone();
+        if request.path.last() != Some(me) {
+            request.path.push(me.clone());
+        }
+        request.hops -= 1;
+        Ok(())
+    }
+
+    fn selector_of(&self, request: &CallRequest) -> Selector {
+        Selector {
+            locs: request.locs.clone(),
+            function_id: request.function_id.clone(),
+            version_constraint: request.version_constraint.clone(),
+            tenant: self.executor.caller_tenant(request.tenant.as_deref().map(Arc::from)),
+            target_cluster: None,
+        }
+    }
+
+    fn context_of(&self, request: &CallRequest) -> CallContext {
         let limits = self.executor.limits();
         let budget = Duration::from_millis(request.deadline_ms).min(limits.call_deadline);
-        let context = CallContext {
+        CallContext {
             deadline: Instant::now() + budget,
             budget,
             depth: request.depth,
@@ -351,13 +551,12 @@ impl Fabric {
             instance_reuse: limits.instance_reuse,
             grants: None,
             trace: request.trace.as_deref().map(Arc::from),
-        };
-        let selector = Selector {
-            locs: request.locs,
-            function_id: request.function_id,
-            version_constraint: request.version_constraint,
-            tenant: self.executor.caller_tenant(request.tenant.as_deref().map(Arc::from)),
-        };
+        }
+    }
+
+    async fn run_here(&self, request: CallRequest) -> Result<Value, WireError> {
+        let context = self.context_of(&request);
+        let selector = self.selector_of(&request);
         let span = tracing::info_span!("request", trace = %request.trace.as_deref().unwrap_or_default());
         self.executor
             .dispatch_local(&request.fun, request.args, request.kwargs, &selector, context)
@@ -436,12 +635,17 @@ impl Fabric {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         request.id = id;
         request.deadline_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+        // At the node the call starts from, a rerouted reply comes back under this id.
+        if let Some(to) = request.reply_to.as_mut().filter(|to| to.node == self.config.node_id) {
+            to.id = id;
+        }
         let (reply, answer) = oneshot::channel();
         if let Ok(mut pending) = self.pending.lock() {
             pending.insert(
                 id,
                 Pending {
                     link: route.link,
+                    reroutable: request.reply_to.is_some(),
                     reply,
                 },
             );
@@ -488,7 +692,7 @@ impl Fabric {
             Ok(mut pending) => {
                 let ids: Vec<u64> = pending
                     .iter()
-                    .filter(|(_, p)| p.link == link)
+                    .filter(|(_, p)| p.link == link && !p.reroutable)
                     .map(|(id, _)| *id)
                     .collect();
                 ids.into_iter().filter_map(|id| pending.remove(&id)).collect()
@@ -520,10 +724,25 @@ impl Fabric {
                     .await;
             }
         }
+        let mine = &self.config.cluster;
+        let elsewhere = selector.target_cluster.as_deref().is_some_and(|c| c != mine);
         let mut tried = Vec::new();
         loop {
-            let Some(route) = self.with_state(|s| s.choose(&fun, &selector, &tried)) else {
-                return Err(not_found(&fun, &selector, !tried.is_empty()));
+            let route = if elsewhere {
+                None
+            } else {
+                self.with_state(|s| s.choose(&fun, &selector, &tried))
+            };
+            let Some(route) = route else {
+                if !tried.is_empty() {
+                    return Err(not_found(&fun, &selector, true));
+                }
+                if selector.target_cluster.as_deref() == Some(mine) {
+                    return Err(CommandError::NotFound(format!(
+                        "command `{fun}` not found in cluster `{mine}`"
+                    )));
+                }
+                return self.call_cluster(fun, args, kwargs, selector, context).await;
             };
             let request = CallRequest {
                 id: 0,
@@ -540,6 +759,10 @@ impl Fabric {
                 hops: MAX_HOPS,
                 tenant: selector.tenant.as_deref().map(str::to_string),
                 trace: context.trace.as_deref().map(str::to_string),
+                cluster: None,
+                cluster_hops: 0,
+                clusters: Vec::new(),
+                reply_to: None,
             };
             tracing::debug!(target_node = %route.target, %fun, "routing a call");
             let avoid = vec![self.config.node_id.clone()];
@@ -557,6 +780,71 @@ impl Fabric {
                 other => return Err(other.into_error(&fun, &route, context.budget)),
             }
         }
+    }
+}
+
+impl Fabric {
+    /// Sends a call no node of this cluster serves to the nearest cluster that does (or to
+    /// the selector's `target_cluster`), through gateways.
+    async fn call_cluster(
+        &self,
+        fun: String,
+        args: Vec<Value>,
+        kwargs: serde_json::Map<String, Value>,
+        selector: Selector,
+        context: CallContext,
+    ) -> Result<Value, CommandError> {
+        let me = self.config.node_id.clone();
+        let request = CallRequest {
+            id: 0,
+            fun: fun.clone(),
+            args,
+            kwargs,
+            locs: selector.locs.clone(),
+            function_id: selector.function_id.clone(),
+            version_constraint: selector.version_constraint.clone(),
+            deadline_ms: 0,
+            depth: context.depth,
+            target: String::new(),
+            path: vec![me.clone()],
+            hops: MAX_HOPS,
+            tenant: selector.tenant.as_deref().map(str::to_string),
+            trace: context.trace.as_deref().map(str::to_string),
+            cluster: Some(
+                selector
+                    .target_cluster
+                    .clone()
+                    .unwrap_or_else(|| federation::ANY_CLUSTER.to_string()),
+            ),
+            cluster_hops: self.config.hop_budget,
+            clusters: Vec::new(),
+            reply_to: Some(wire::ReturnAddress {
+                node: me.clone(),
+                cluster: self.config.cluster.clone(),
+                id: 0,
+            }),
+        };
+        // Gateways whose route did not reach (a link closed, a path went away) are avoided.
+        let mut avoided = request.clone();
+        for _ in 0..ROUTE_ATTEMPTS {
+            let step = self
+                .step_towards(&fun, &selector, None, &avoided)
+                .map_err(from_wire)?;
+            let mut attempt = request.clone();
+            self.take_step(&mut attempt, &step).map_err(from_wire)?;
+            tracing::debug!(via = %step.route.via, cluster = %step.cluster, %fun, "routing a call to another cluster");
+            match self.exchange(&step.route, attempt, context.deadline).await {
+                Exchange::Answered(Ok(value)) => return Ok(value),
+                Exchange::Answered(Err(error)) if error.kind == UNREACHABLE => {}
+                Exchange::Answered(Err(error)) => return Err(from_wire(error)),
+                Exchange::NotSent => {}
+                other => return Err(other.into_error(&fun, &step.route, context.budget)),
+            }
+            avoided.path.push(step.route.via);
+        }
+        Err(CommandError::Failed(format!(
+            "{fun}: {ROUTE_ATTEMPTS} routes to other clusters failed"
+        )))
     }
 }
 
@@ -663,6 +951,10 @@ impl Remote for Fabric {
         self.with_state(|s| s.peers_report(&self.config))
     }
 
+    fn cluster(&self) -> &str {
+        &self.config.cluster
+    }
+
     fn catalog(&self, selector: &Selector) -> Value {
         self.with_state(|s| s.catalog_report(selector))
     }
@@ -677,6 +969,13 @@ impl Remote for Fabric {
             self.tamper.store(action == "tamper", Ordering::Relaxed);
             return Ok(Value::Bool(action == "tamper"));
         }
+        if let Some(ms) = action.strip_prefix("delay:") {
+            let ms: u64 = ms
+                .parse()
+                .map_err(|_| CommandError::InvalidArgs(format!("weft.fault: `{action}`: the delay is whole ms")))?;
+            self.with_state(|s| s.set_delay(&nodes, ms.saturating_mul(1000)));
+            return Ok(Value::from(ms));
+        }
         self.with_state(|s| match action {
             "cut" => {
                 s.blocked.extend(nodes);
@@ -689,7 +988,7 @@ impl Remote for Fabric {
                 Ok(())
             }
             other => Err(CommandError::InvalidArgs(format!(
-                "weft.fault: unknown action `{other}` (cut, restore, tamper, untamper)"
+                "weft.fault: unknown action `{other}` (cut, restore, delay:MS, tamper, untamper)"
             ))),
         })?;
         Ok(self.with_state(|s| Value::from(s.blocked.iter().cloned().collect::<Vec<_>>())))

@@ -13,7 +13,8 @@ use tokio::time::Instant;
 use super::identity::NodeKey;
 use super::modules::Offer;
 use super::route;
-use super::wire::{CatalogEntry, Death, NodeRecord, PeerMessage, RecordBody};
+use super::federation::Gateway;
+use super::wire::{CatalogEntry, Death, NodeRecord, PeerMessage, RecordBody, RouteAd};
 use super::FabricConfig;
 use crate::plugins::Selector;
 
@@ -27,6 +28,8 @@ pub struct LinkStats {
     /// Bytes of peer frames written to and read from the link.
     pub bytes_out: AtomicU64,
     pub bytes_in: AtomicU64,
+    /// Added to every frame sent on the link, µs (fault injection).
+    pub delay_us: AtomicU64,
 }
 
 pub struct LinkHandle {
@@ -84,7 +87,7 @@ const UNMEASURED_RTT_US: u64 = 1000;
 /// them) before it is declared dead.
 const PROBE_WINDOW: Duration = Duration::from_millis(300);
 
-struct Backoff {
+pub(super) struct Backoff {
     failures: u32,
     next: Instant,
 }
@@ -163,12 +166,26 @@ pub enum Accepted {
 }
 
 pub struct State {
-    me: String,
+    pub(super) me: String,
+    pub(super) cluster: String,
+    pub(super) tier: u8,
+    /// Cluster boundaries a call may cross (and, plus one, how far routes are advertised).
+    pub(super) hop_budget: u8,
     my_url: String,
     key: NodeKey,
     pub incarnation: u64,
     local_version: u64,
-    local_entries: Vec<CatalogEntry>,
+    pub(super) local_entries: Vec<CatalogEntry>,
+    /// The other clusters this node reaches through its gateway links (in its record).
+    pub(super) local_routes: Vec<RouteAd>,
+    /// Links to nodes of other clusters.
+    pub(super) gateways: HashMap<String, Gateway>,
+    /// Poked when anything routes between clusters depend on changes.
+    pub(super) federation_dirty: Arc<tokio::sync::Notify>,
+    /// Seeds that turned out to be gateways (redialed whenever unlinked).
+    pub(super) gateway_seeds: HashSet<String>,
+    /// Delay added to frames sent to these nodes, µs (fault injection).
+    pub(super) delays: HashMap<String, u64>,
     own: Option<NodeRecord>,
     announced: bool,
     /// Links changed since this node's record was last signed.
@@ -181,29 +198,29 @@ pub struct State {
     /// Links this node dropped on purpose (their closing is no failure).
     pruned: HashSet<String>,
     /// Seeds this node has been linked to.
-    seeds_joined: HashSet<String>,
+    pub(super) seeds_joined: HashSet<String>,
     /// A member held dead to dial past the bound of the partial view (a partition healing).
     heal_dial: Option<String>,
     /// Nodes this node refuses to talk to (fault injection in tests).
     pub blocked: HashSet<String>,
-    links: HashMap<String, LinkHandle>,
+    pub(super) links: HashMap<String, LinkHandle>,
     members: HashMap<String, Member>,
-    records: HashMap<String, NodeRecord>,
+    pub(super) records: HashMap<String, NodeRecord>,
     /// Moves whenever a record is taken or dropped.
     records_watch: tokio::sync::watch::Sender<u64>,
     /// Each node's public key: proven in a handshake, or taken from its first record.
     keys: HashMap<String, [u8; 32]>,
     /// Calls in flight to each node (through any link).
-    inflight: HashMap<String, Arc<AtomicUsize>>,
+    pub(super) inflight: HashMap<String, Arc<AtomicUsize>>,
     /// The peer each node's record came through last (a route to it until its links are known).
     learned_from: HashMap<String, String>,
     /// First hops to every reachable node; recomputed after any change of records or links.
     routes: Option<HashMap<String, (String, u32)>>,
     /// URLs being dialed now.
     pub dialing: HashSet<String>,
-    backoff: HashMap<String, Backoff>,
-    seeds: Vec<String>,
-    next_link: u64,
+    pub(super) backoff: HashMap<String, Backoff>,
+    pub(super) seeds: Vec<String>,
+    pub(super) next_link: u64,
     rng: u64,
 }
 
@@ -216,6 +233,14 @@ impl State {
             .map_or(1, |d| d.as_millis() as u64);
         State {
             me: config.node_id.clone(),
+            cluster: config.cluster.clone(),
+            tier: config.tier,
+            hop_budget: config.hop_budget,
+            local_routes: Vec::new(),
+            gateways: HashMap::new(),
+            federation_dirty: Arc::new(tokio::sync::Notify::new()),
+            gateway_seeds: HashSet::new(),
+            delays: HashMap::new(),
             my_url: config.advertise_url.clone(),
             key: config.key.clone(),
             incarnation: started,
@@ -256,6 +281,7 @@ impl State {
         }
         self.announced = true;
         self.local_entries = entries;
+        self.federation_changed();
         Some(self.republish())
     }
 
@@ -287,6 +313,7 @@ impl State {
                 version: self.local_version,
                 entries: self.local_entries.clone(),
                 neighbours,
+                routes: self.local_routes.clone(),
             };
             match NodeRecord::signed(body, &self.key) {
                 Ok(record) => self.own = Some(record),
@@ -335,6 +362,9 @@ impl State {
         let id = self.next_link;
         self.next_link += 1;
         let stats = Arc::new(LinkStats::default());
+        if let Some(delay) = self.delays.get(node) {
+            stats.delay_us.store(*delay, Ordering::Relaxed);
+        }
         let close = Arc::new(tokio::sync::Notify::new());
         self.links.insert(
             node.to_string(),
@@ -425,6 +455,7 @@ impl State {
 
     fn records_changed(&mut self) {
         self.routes = None;
+        self.federation_changed();
         self.records_watch.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -961,11 +992,14 @@ impl State {
             .keys()
             .filter_map(|n| self.members.get(n))
             .map(|m| m.url.as_str())
+            .chain(self.gateways.values().map(|g| g.url.as_str()))
             .collect();
         self.seeds
             .iter()
             .filter(|s| !linked_urls.contains(s.as_str()))
-            .filter(|s| self.links.is_empty() || !self.seeds_joined.contains(*s))
+            .filter(|s| {
+                self.links.is_empty() || !self.seeds_joined.contains(*s) || self.gateway_seeds.contains(*s)
+            })
             .cloned()
             .collect()
     }
@@ -1239,7 +1273,10 @@ impl State {
             })
             .collect();
         peers.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
-        json!({ "node": config.node_id, "cluster": config.cluster, "url": config.advertise_url, "peers": peers })
+        json!({
+            "node": config.node_id, "cluster": config.cluster, "url": config.advertise_url,
+            "region": config.region, "tier": config.tier, "peers": peers, "gateways": self.gateways_report(),
+        })
     }
 
     /// Every command of the fabric the caller of `selector` may see, with the nodes serving it.
@@ -1252,8 +1289,13 @@ impl State {
                 rows.push(json!({ "command": e.command, "tags": e.tags, "version": e.version, "digest": e.digest, "node": node, "tenant": e.tenant, "public": e.public, "plugin": e.plugin, "replica_of": e.replica_of }));
             }
         }
+        rows.extend(self.federated_catalog(selector));
         rows.sort_by(|a, b| {
-            (a["command"].as_str(), a["node"].as_str()).cmp(&(b["command"].as_str(), b["node"].as_str()))
+            (a["command"].as_str(), a["cluster"].as_str(), a["node"].as_str()).cmp(&(
+                b["command"].as_str(),
+                b["cluster"].as_str(),
+                b["node"].as_str(),
+            ))
         });
         Value::Array(rows)
     }
@@ -1267,7 +1309,7 @@ fn ring_position(node: &str) -> u64 {
 }
 
 /// Whether catalog entry `e` can serve `fun` under `selector`.
-fn matches(e: &CatalogEntry, fun: &str, selector: &Selector) -> bool {
+pub(super) fn matches(e: &CatalogEntry, fun: &str, selector: &Selector) -> bool {
     e.command == fun
         && selector.sees(&e.tenant, e.public)
         && selector.locs.iter().all(|l| e.tags.contains(l))
@@ -1299,6 +1341,11 @@ mod tests {
             timing: super::super::Timing::default(),
             fault_injection: false,
             tls: None,
+            bridge: Default::default(),
+            gateway_secret: None,
+            tier: 0,
+            region: None,
+            hop_budget: super::super::wire::DEFAULT_HOP_BUDGET,
         }
     }
 
@@ -1311,6 +1358,7 @@ mod tests {
             version,
             entries: Vec::new(),
             neighbours: Vec::new(),
+            routes: Vec::new(),
         };
         NodeRecord::signed(body, key).expect("signing a record")
     }

@@ -7,13 +7,16 @@ use serde_json::{Map, Value};
 use super::identity::{self, NodeKey};
 
 /// Version of the peer protocol; nodes of different versions refuse each other.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The WebSocket path of the peer protocol on a node's listener.
 pub const PEER_PATH: &str = "/fabric";
 
 /// Hops a call may travel to reach the node that runs it.
 pub const MAX_HOPS: u8 = 8;
+
+/// Cluster boundaries a call may cross unless the node sets another hop budget.
+pub const DEFAULT_HOP_BUDGET: u8 = 8;
 
 /// One peer frame.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,6 +29,9 @@ pub enum PeerMessage {
         url: String,
         key: [u8; 32],
         nonce: [u8; 32],
+        /// The sender's tier (0: the top); links between clusters carry summaries up a tier
+        /// and a default route down.
+        tier: u8,
     },
     /// Listener → dialer: who I am, my proof of the cluster secret and my signature over the
     /// transcript, and my nonce for yours.
@@ -36,6 +42,7 @@ pub enum PeerMessage {
         url: String,
         key: [u8; 32],
         nonce: [u8; 32],
+        tier: u8,
         proof: [u8; 32],
         signature: Vec<u8>,
     },
@@ -91,6 +98,13 @@ pub enum PeerMessage {
         outcome: Result<Value, WireError>,
     },
 
+    /// Gateway links only: every cluster the sender reaches and what is served there (the
+    /// whole table, sent again whenever it changes).
+    Routes(Vec<RouteAd>),
+    /// A reply finding its way back to the node a call came from, when the way the call came
+    /// went down (a gateway died while the call ran).
+    Deliver(Delivery),
+
     /// Liveness and round-trip time.
     Ping {
         seq: u64,
@@ -114,6 +128,8 @@ pub struct RecordBody {
     pub entries: Vec<CatalogEntry>,
     /// The nodes it links to directly (for routing through nodes that are not linked).
     pub neighbours: Vec<String>,
+    /// The other clusters it reaches through its gateway links (empty unless it is a gateway).
+    pub routes: Vec<RouteAd>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -170,6 +186,46 @@ pub struct Death {
     pub version: u64,
 }
 
+/// A cluster reached through a gateway link, and what is served there.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouteAd {
+    /// The clusters a call crosses into, in order: the first is the peer's, the last the one
+    /// that serves. Its length is the number of cluster boundaries crossed.
+    pub path: Vec<String>,
+    /// Estimated round trip along the path (gateway links' measured RTTs), in ms.
+    pub metric_ms: u64,
+    /// A default route (to a higher tier): calls for anything not known go this way.
+    pub default: bool,
+    /// What the last cluster serves: one entry per distinct command, tags, version and tenant
+    /// (no node, digest or plugin: a summary).
+    pub commands: Vec<CatalogEntry>,
+}
+
+impl RouteAd {
+    /// The cluster that serves (the end of the path).
+    pub fn cluster(&self) -> &str {
+        self.path.last().map_or("", String::as_str)
+    }
+}
+
+/// Where the reply of a call crossing clusters goes when the way back is gone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReturnAddress {
+    pub node: String,
+    pub cluster: String,
+    /// The call's id at that node.
+    pub id: u64,
+}
+
+/// A rerouted reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delivery {
+    pub to: ReturnAddress,
+    pub outcome: Result<Value, WireError>,
+    /// Hops it may still travel.
+    pub hops: u8,
+}
+
 /// A command to run on another node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallRequest {
@@ -195,6 +251,15 @@ pub struct CallRequest {
     pub tenant: Option<String>,
     /// The client request it serves (its `u`), so its log lines carry the same trace id.
     pub trace: Option<String>,
+    /// For a call crossing clusters: the cluster that runs it. `target` is the next node on
+    /// the way (a gateway); the first node of that cluster picks the node that runs it.
+    pub cluster: Option<String>,
+    /// Cluster boundaries it may still cross.
+    pub cluster_hops: u8,
+    /// The clusters it passed through (loop prevention).
+    pub clusters: Vec<String>,
+    /// Set on calls crossing clusters: where the reply goes if the way back dies.
+    pub reply_to: Option<ReturnAddress>,
 }
 
 /// A command error crossing the wire.
@@ -237,6 +302,7 @@ mod tests {
                 replica_of: None,
             }],
             neighbours: vec!["b".into()],
+            routes: Vec::new(),
         }
     }
 

@@ -44,6 +44,8 @@ pub struct Selector {
     pub version_constraint: Option<String>,
     /// The caller's tenant; `None` on a node without tenants, where every command is visible.
     pub tenant: Option<Arc<str>>,
+    /// The cluster that must run the call (`target_cluster`); `None`: the nearest that serves.
+    pub target_cluster: Option<String>,
 }
 
 impl Selector {

@@ -39,6 +39,8 @@ pub trait Remote: Send + Sync + 'static {
     fn call(&self, call: RemoteCall) -> RemoteFuture;
     /// What `weft.peers` answers.
     fn peers(&self) -> Value;
+    /// The cluster this node belongs to.
+    fn cluster(&self) -> &str;
     /// What `weft.catalog` answers.
     fn catalog(&self, selector: &Selector) -> Value;
     /// `weft.fault ACTION NODES`: cut or restore links to `nodes` (only where enabled).
@@ -357,10 +359,12 @@ impl Executor {
     ) -> Result<Value, CommandError> {
         // The table is consulted here only when another node could serve the call; a node
         // without a fabric goes straight to the local path.
-        let remote = self
-            .remote
-            .get()
-            .filter(|_| !builtins::NAMES.contains(&fun) && self.table().find(fun, selector).is_err());
+        // A call for another cluster goes there even when a local plugin serves it.
+        let remote = self.remote.get().filter(|remote| {
+            !builtins::NAMES.contains(&fun)
+                && (selector.target_cluster.as_deref().is_some_and(|c| c != remote.cluster())
+                    || self.table().find(fun, selector).is_err())
+        });
         match remote {
             Some(remote) => {
                 let call = RemoteCall {

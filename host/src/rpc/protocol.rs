@@ -206,6 +206,7 @@ fn parse_command(value: Value) -> Result<RequestCommand, String> {
     let fun = string("fun", true)?.unwrap_or_default();
     let function_id = string("function_id", false)?;
     let version_constraint = string("version_constraint", false)?;
+    let target_cluster = string("target_cluster", false)?;
     let args = match object.remove("args") {
         Some(Value::Array(args)) => args,
         None | Some(Value::Null) => Vec::new(),
@@ -247,6 +248,7 @@ fn parse_command(value: Value) -> Result<RequestCommand, String> {
             function_id,
             version_constraint,
             tenant: None,
+            target_cluster,
         },
     })
 }
