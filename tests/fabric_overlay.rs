@@ -118,6 +118,7 @@ impl RawPeer {
             url: "ws://127.0.0.1:9".into(),
             key: key.public(),
             nonce: my_nonce,
+            tier: 0,
         };
         ws.send(Message::Binary(wire::encode(&hello).unwrap().into()))
             .await
@@ -180,6 +181,7 @@ fn record(node: &str, key: [u8; 32], command: &str, signer: &NodeKey) -> NodeRec
             replica_of: None,
         }],
         neighbours: vec![],
+        routes: Vec::new(),
     };
     NodeRecord::signed(body, signer).unwrap()
 }

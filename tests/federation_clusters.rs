@@ -3,6 +3,8 @@
 //! gateway dies, and how far summaries travel. Every node is a real process; every link a real
 //! socket.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::Duration;
@@ -79,7 +81,11 @@ async fn clusters_are_isolated_unless_both_bridge() {
     let gamma = member("gamma1", "gamma", &["flavour-gpu"], &[&alpha], &["--bridge=alpha"]).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    for (node, other) in [(&alpha, "flavour.name"), (&beta, "greeter.hello"), (&gamma, "greeter.hello")] {
+    for (node, other) in [
+        (&alpha, "flavour.name"),
+        (&beta, "greeter.hello"),
+        (&gamma, "greeter.hello"),
+    ] {
         let response = request(node, other, json!([]), None).await;
         assert_eq!(error_code(&response), Some(1001), "{response}");
     }
@@ -90,10 +96,19 @@ async fn clusters_are_isolated_unless_both_bridge() {
         .await
         .unwrap();
     assert!(
-        catalog.as_array().unwrap().iter().all(|row| row["command"] == "greeter.hello"),
+        catalog
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|row| row["command"] == "greeter.hello"),
         "alpha sees only its own commands: {catalog}"
     );
-    let peers = alpha.client().await.call("weft.peers", vec![], no_kwargs(), &[]).await.unwrap();
+    let peers = alpha
+        .client()
+        .await
+        .call("weft.peers", vec![], no_kwargs(), &[])
+        .await
+        .unwrap();
     assert!(peers["peers"].as_array().unwrap().is_empty(), "{peers}");
     assert!(peers["gateways"].as_array().unwrap().is_empty(), "{peers}");
     // Alpha's own commands keep working.
@@ -140,7 +155,9 @@ async fn calls_cross_several_clusters_and_all_return() {
         let url = a.url().to_string();
         calls.push(tokio::spawn(async move {
             let client = weft::net::Client::connect(&url).await.unwrap();
-            client.call("math.add", vec![json!(i), json!(1)], no_kwargs(), &[]).await
+            client
+                .call("math.add", vec![json!(i), json!(1)], no_kwargs(), &[])
+                .await
         }));
     }
     for (i, call) in calls.into_iter().enumerate() {
@@ -158,7 +175,10 @@ async fn the_hop_budget_bounds_how_far_calls_go() {
     // Scenario 20: a–b–c with a hop budget of 1 at a: c's command is two crossings away.
     let nodes = chain(&["a", "b", "c"], &["math"], &["--hop-budget=1"]).await;
     let a = &nodes[0];
-    assert!(sees(a, "math.add", "c").await, "a command one crossing past the budget is known");
+    assert!(
+        sees(a, "math.add", "c").await,
+        "a command one crossing past the budget is known"
+    );
     let response = request(a, "math.add", json!([2, 3]), None).await;
     assert_eq!(error_code(&response), Some(1001), "{response}");
     assert!(error_details(&response).contains("hop budget of 1"), "{response}");
@@ -220,7 +240,10 @@ async fn a_reply_comes_back_another_way_when_a_gateway_dies() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     signal(&b, "-KILL");
-    let outcome = tokio::time::timeout(Duration::from_secs(10), call).await.unwrap().unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(outcome.unwrap(), json!("cpu"), "the reply came back through d");
     drop((c, d));
 }

@@ -7,6 +7,7 @@
 //! - [`fabric`]: peers, membership, catalog gossip, failure detection and remote routing.
 //! - [`replication`]: plugins fetched from other nodes by digest and run locally.
 //! - [`config`]: limits and timeouts, with their defaults and environment variables.
+//! - [`topology`]: local fabrics in the federation guide's shapes, built and measured.
 
 pub mod bench;
 pub mod config;
@@ -22,5 +23,6 @@ pub mod rpc;
 pub mod runtime;
 pub mod sdk;
 pub mod tenancy;
+pub mod topology;
 
 pub use error::CommandError;

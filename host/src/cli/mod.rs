@@ -1,5 +1,5 @@
 //! Command-line interface: `weft node`, `weft call`, `weft request`, `weft plugins`, `weft plugin`,
-//! `weft config`, `weft bench`.
+//! `weft config`, `weft bench`, `weft topology`.
 
 mod bench;
 mod client;
@@ -7,9 +7,11 @@ mod config;
 mod node;
 mod plugin;
 mod progress;
+mod topology;
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -64,6 +66,9 @@ enum Command {
     /// Serve the raw WebSocket JSON echo that `weft bench` compares against.
     #[command(hide = true)]
     RawEcho(bench::RawEchoArgs),
+    /// Build local fabrics in the federation guide's shapes and measure them.
+    #[command(subcommand)]
+    Topology(topology::TopologyCommand),
 }
 
 #[derive(Subcommand)]
@@ -110,6 +115,7 @@ pub fn main() -> ExitCode {
             Command::Config(ConfigCommand::Check { file }) => config::check(&file),
             Command::Bench(args) => bench::run(args).await,
             Command::RawEcho(args) => bench::raw_echo(args).await,
+            Command::Topology(command) => topology::run(command).await,
         }
     });
     match result {
@@ -161,4 +167,18 @@ fn token() -> anyhow::Result<ExitCode> {
         weft::tenancy::hash_token(&token)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, so call it
+/// before announcing the node: a signal sent right after `WEFT_URL` must not kill it outright.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }

@@ -60,8 +60,8 @@ pub struct NodeArgs {
     /// Secret proven on links to other clusters [default: the cluster secret].
     #[arg(long, env = "WEFT_GATEWAY_SECRET", hide_env_values = true)]
     gateway_secret: Option<String>,
-    /// The node's tier (0: the top). Links to a higher tier carry this cluster's summaries up
-    /// and bring a default route down (leafnode style).
+    /// The node's tier (0: the top). A gateway link to a higher tier brings a default route
+    /// down with the summaries: what this cluster does not know goes up (leafnode style).
     #[arg(long, env = "WEFT_TIER", default_value_t = 0)]
     tier: u8,
     /// A region label, shown by `weft peers` and /status.
@@ -197,7 +197,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         _ => anyhow::bail!("TLS needs both --tls-cert and --tls-key (--tls-ca and --peer-mtls only with them)"),
     };
     tracing::info!(node = %fabric.node_id, cluster = %fabric.cluster, seeds = ?fabric.seeds, "joining the fabric");
-    let stop = stop_signal()?;
+    let stop = super::stop_signal()?;
     let node = Node::start(NodeConfig {
         listen: args.listen,
         plugins: args.plugins,
@@ -227,20 +227,6 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("stopping");
     node.shutdown().await;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, so call it
-/// before announcing the node: a signal sent right after `WEFT_URL` must not kill it outright.
-fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-    })
 }
 
 /// The node id kept in `dir/node-id`, created (random) on first use.

@@ -8,8 +8,8 @@
 //! routes it learned in its own record, so every node of its cluster knows what lies beyond and
 //! through which gateway. A route never passes a cluster twice, and routes longer than the hop
 //! budget plus one are not advertised (so a node can tell a command out of reach from one that
-//! does not exist). A link to a higher tier carries the lower tier's summaries up and brings a
-//! default route down: lower tiers send what they do not know upwards.
+//! does not exist). A link between tiers carries summaries both ways, and from the higher tier
+//! also a default route: a lower tier sends what it does not know upwards (leafnode style).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -66,7 +66,9 @@ impl FromStr for Bridging {
     type Err = std::convert::Infallible;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Bridging::from_list(&s.split(',').map(str::to_string).collect::<Vec<_>>()))
+        Ok(Bridging::from_list(
+            &s.split(',').map(str::to_string).collect::<Vec<_>>(),
+        ))
     }
 }
 
@@ -81,6 +83,9 @@ pub struct Gateway {
     /// What this node advertised to it last (`None`: send again).
     pub sent: Option<Vec<RouteAd>>,
 }
+
+/// A route table to queue on a gateway link.
+pub type TableSend = (mpsc::Sender<PeerMessage>, Vec<RouteAd>);
 
 /// Where a call is headed.
 pub enum Want<'a> {
@@ -230,7 +235,7 @@ impl State {
 
     /// Recomputes this node's routes: returns its re-signed record when they changed, and the
     /// tables to send to gateway peers whose table changed.
-    pub fn federation_update(&mut self) -> (Option<PeerMessage>, Vec<(mpsc::Sender<PeerMessage>, Vec<RouteAd>)>) {
+    pub fn federation_update(&mut self) -> (Option<PeerMessage>, Vec<TableSend>) {
         let routes = self.own_routes();
         let publish = (routes != self.local_routes).then(|| {
             self.local_routes = routes;
@@ -306,19 +311,11 @@ impl State {
         commands
     }
 
-    /// The table for a gateway peer of `cluster` at `tier`: a peer of a lower tier gets one
-    /// default route; others get this cluster and the best route to every cluster reachable
-    /// through it (by any gateway of this cluster) that does not pass the peer's cluster, up
-    /// to the hop budget plus one.
+    /// The table for a gateway peer of `cluster` at `tier`: this cluster and the best route to
+    /// every cluster reachable through it (by any gateway of this cluster) that does not pass
+    /// the peer's cluster, up to the hop budget plus one; for a peer of a lower tier, also a
+    /// default route (it sends up whatever it does not know).
     fn table_for(&self, cluster: &str, tier: u8) -> Vec<RouteAd> {
-        if tier > self.tier {
-            return vec![RouteAd {
-                path: vec![self.cluster.clone()],
-                metric_ms: 0,
-                default: true,
-                commands: Vec::new(),
-            }];
-        }
         let mut best: HashMap<&str, (usize, u64, &RouteAd)> = HashMap::new();
         let records = self.records.values().map(|r| &r.body.routes);
         for ad in std::iter::once(&self.local_routes).chain(records).flatten() {
@@ -355,6 +352,14 @@ impl State {
             .collect();
         onward.sort_by(|a, b| a.cluster().cmp(b.cluster()));
         table.extend(onward);
+        if tier > self.tier {
+            table.push(RouteAd {
+                path: vec![self.cluster.clone()],
+                metric_ms: 0,
+                default: true,
+                commands: Vec::new(),
+            });
+        }
         table
     }
 
@@ -392,7 +397,12 @@ impl State {
                 if ad.default {
                     defaults.push((metric, Hop::Gateway(node.clone())));
                 } else if wanted(ad) {
-                    found.push((metric, ad.path.len(), Hop::Gateway(node.clone()), ad.cluster().to_string()));
+                    found.push((
+                        metric,
+                        ad.path.len(),
+                        Hop::Gateway(node.clone()),
+                        ad.cluster().to_string(),
+                    ));
                 }
             }
         }
@@ -404,7 +414,12 @@ impl State {
                 if ad.default {
                     defaults.push((ad.metric_ms, Hop::Member(node.clone())));
                 } else if wanted(ad) {
-                    found.push((ad.metric_ms, ad.path.len(), Hop::Member(node.clone()), ad.cluster().to_string()));
+                    found.push((
+                        ad.metric_ms,
+                        ad.path.len(),
+                        Hop::Member(node.clone()),
+                        ad.cluster().to_string(),
+                    ));
                 }
             }
         }
@@ -440,7 +455,11 @@ impl State {
         match hop {
             Hop::Gateway(node) => {
                 let gateway = self.gateways.get(&node)?;
-                let (link, tx, stats) = (gateway.handle.id, gateway.handle.tx.clone(), gateway.handle.stats.clone());
+                let (link, tx, stats) = (
+                    gateway.handle.id,
+                    gateway.handle.tx.clone(),
+                    gateway.handle.stats.clone(),
+                );
                 let inflight = self.inflight.entry(node.clone()).or_default().clone();
                 Some(Step {
                     route: Route {
@@ -473,7 +492,9 @@ impl State {
             return self.next_hop(to, &[]);
         }
         let visited = [self.cluster.clone()];
-        self.toward(Want::Cluster(cluster), &visited, &[], u8::MAX).ok().map(|s| s.route)
+        self.toward(Want::Cluster(cluster), &visited, &[], u8::MAX)
+            .ok()
+            .map(|s| s.route)
     }
 
     /// The gateway links, for `weft peers`.
@@ -503,7 +524,9 @@ impl State {
         let mut best: HashMap<String, (usize, u64, String, &RouteAd)> = HashMap::new();
         let own = self.gateways.iter().flat_map(|(node, g)| {
             let rtt = metric_ms(&g.handle.stats);
-            g.learned.iter().map(move |ad| (node.clone(), ad.metric_ms.saturating_add(rtt), ad))
+            g.learned
+                .iter()
+                .map(move |ad| (node.clone(), ad.metric_ms.saturating_add(rtt), ad))
         });
         let members = self
             .records
@@ -561,6 +584,9 @@ mod tests {
         let allow = Bridging::from_list(&["beta".into(), "gamma".into()]);
         assert!(allow.allows("beta") && allow.allows("gamma") && !allow.allows("delta"));
         assert!(Bridging::from_list(&["*".into()]).allows("anything"));
-        assert_eq!("a,b".parse::<Bridging>().ok(), Some(Bridging::Allow(vec!["a".into(), "b".into()])));
+        assert_eq!(
+            "a,b".parse::<Bridging>().ok(),
+            Some(Bridging::Allow(vec!["a".into(), "b".into()]))
+        );
     }
 }

@@ -99,8 +99,8 @@ pub struct FabricConfig {
     pub bridge: federation::Bridging,
     /// Proven on links to other clusters; `None`: the cluster secret.
     pub gateway_secret: Option<Vec<u8>>,
-    /// The node's tier (0: the top). A link to a higher tier carries this cluster's summaries
-    /// up and brings a default route down.
+    /// The node's tier (0: the top). A gateway link to a higher tier brings a default route
+    /// down with the summaries.
     pub tier: u8,
     /// A label for operators (shown by `weft peers` and `/status`).
     pub region: Option<String>,
@@ -507,7 +507,10 @@ impl Fabric {
             message,
         };
         if request.hops == 0 {
-            return Err(fail(format!("{}: the hop budget of {MAX_HOPS} nodes is spent", request.fun)));
+            return Err(fail(format!(
+                "{}: the hop budget of {MAX_HOPS} nodes is spent",
+                request.fun
+            )));
         }
         if step.crosses {
             if request.cluster_hops == 0 {
@@ -827,9 +830,7 @@ impl Fabric {
         // Gateways whose route did not reach (a link closed, a path went away) are avoided.
         let mut avoided = request.clone();
         for _ in 0..ROUTE_ATTEMPTS {
-            let step = self
-                .step_towards(&fun, &selector, None, &avoided)
-                .map_err(from_wire)?;
+            let step = self.step_towards(&fun, &selector, None, &avoided).map_err(from_wire)?;
             let mut attempt = request.clone();
             self.take_step(&mut attempt, &step).map_err(from_wire)?;
             tracing::debug!(via = %step.route.via, cluster = %step.cluster, %fun, "routing a call to another cluster");

@@ -10,10 +10,10 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::federation::Gateway;
 use super::identity::NodeKey;
 use super::modules::Offer;
 use super::route;
-use super::federation::Gateway;
 use super::wire::{CatalogEntry, Death, NodeRecord, PeerMessage, RecordBody, RouteAd};
 use super::FabricConfig;
 use crate::plugins::Selector;
@@ -997,9 +997,7 @@ impl State {
         self.seeds
             .iter()
             .filter(|s| !linked_urls.contains(s.as_str()))
-            .filter(|s| {
-                self.links.is_empty() || !self.seeds_joined.contains(*s) || self.gateway_seeds.contains(*s)
-            })
+            .filter(|s| self.links.is_empty() || !self.seeds_joined.contains(*s) || self.gateway_seeds.contains(*s))
             .cloned()
             .collect()
     }

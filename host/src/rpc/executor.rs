@@ -362,7 +362,10 @@ impl Executor {
         // A call for another cluster goes there even when a local plugin serves it.
         let remote = self.remote.get().filter(|remote| {
             !builtins::NAMES.contains(&fun)
-                && (selector.target_cluster.as_deref().is_some_and(|c| c != remote.cluster())
+                && (selector
+                    .target_cluster
+                    .as_deref()
+                    .is_some_and(|c| c != remote.cluster())
                     || self.table().find(fun, selector).is_err())
         });
         match remote {
