@@ -413,8 +413,9 @@ fn install(dir: &Path, from: &Path) -> anyhow::Result<()> {
 struct View {
     links: usize,
     commands: BTreeSet<String>,
-    /// Peers it holds alive.
+    /// Peers it holds alive, and dead.
     alive: usize,
+    dead: usize,
 }
 
 async fn view(client: &Client) -> anyhow::Result<View> {
@@ -423,6 +424,7 @@ async fn view(client: &Client) -> anyhow::Result<View> {
     let rows = peers["peers"].as_array().cloned().unwrap_or_default();
     let linked = rows.iter().filter(|p| p["linked"] == true).count();
     let alive = rows.iter().filter(|p| p["state"] == "alive").count();
+    let dead = rows.iter().filter(|p| p["state"] == "dead").count();
     let gateways = peers["gateways"].as_array().map_or(0, Vec::len);
     let commands = catalog
         .as_array()
@@ -434,6 +436,7 @@ async fn view(client: &Client) -> anyhow::Result<View> {
         links: linked + gateways,
         commands,
         alive,
+        dead,
     })
 }
 
@@ -612,8 +615,9 @@ fn sizes_label(groups: &[usize]) -> String {
     groups.iter().map(usize::to_string).collect::<Vec<_>>().join("-")
 }
 
-/// Cuts the fabric into `groups` (every link between groups refused), checks every node keeps
-/// serving from its own side, restores the links and times the heal.
+/// Cuts the fabric into `groups` (every link between groups refused), waits until each side
+/// holds the others dead, checks every node keeps serving from its own side, restores the links
+/// and times the heal.
 async fn partition(
     plan: &Plan,
     clients: &[Client],
@@ -633,9 +637,12 @@ async fn partition(
             .collect();
         fault(&clients[i], "cut", &others).await?;
     }
-    // Each side sees only itself, and serves what it has.
+    // Each side declares the others dead (their commands withdrawn), and serves what it has.
     let size_of = |i: usize| groups[group_of[i]];
-    let (_, _) = until_all(clients, |i, v| v.alive == size_of(i) - 1 && v.links == size_of(i) - 1).await;
+    let (_, _) = until_all(clients, |i, v| {
+        v.alive == size_of(i) - 1 && v.links == size_of(i) - 1 && v.dead == n - size_of(i)
+    })
+    .await;
     let mut served_while_cut = true;
     let command = served.iter().find(|c| c.starts_with("math.")).cloned();
     if let Some(command) = command {

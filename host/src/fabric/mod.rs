@@ -217,9 +217,11 @@ impl Fabric {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_digest = Instant::now();
         let mut stop = self.stop.clone();
+        let wake = self.with_state(|s| s.wake.clone());
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                _ = wake.notified() => {}
                 _ = stop.changed() => return,
             }
             if self.is_leaving() {

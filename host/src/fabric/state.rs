@@ -180,6 +180,8 @@ pub struct State {
     pub(super) local_routes: Vec<RouteAd>,
     /// Links to nodes of other clusters.
     pub(super) gateways: HashMap<String, Gateway>,
+    /// Poked when the maintenance tick should run now (a new member to dial).
+    pub(super) wake: Arc<tokio::sync::Notify>,
     /// Poked when anything routes between clusters depend on changes.
     pub(super) federation_dirty: Arc<tokio::sync::Notify>,
     /// Seeds that turned out to be gateways (redialed whenever unlinked).
@@ -239,6 +241,7 @@ impl State {
             local_routes: Vec::new(),
             gateways: HashMap::new(),
             federation_dirty: Arc::new(tokio::sync::Notify::new()),
+            wake: Arc::new(tokio::sync::Notify::new()),
             gateway_seeds: HashSet::new(),
             delays: HashMap::new(),
             my_url: config.advertise_url.clone(),
@@ -569,6 +572,10 @@ impl State {
             return Accepted::Refused("its signature does not verify");
         }
         self.keys.insert(body.node.clone(), body.key);
+        if !self.members.contains_key(&body.node) {
+            // A new member: dial it now rather than at the next maintenance tick.
+            self.wake.notify_one();
+        }
         let member = self.members.entry(body.node.clone()).or_insert_with(|| Member {
             url: body.url.clone(),
             incarnation: body.incarnation,
@@ -1070,7 +1077,9 @@ impl State {
                 }
             }
         }
-        let base = Duration::from_millis(100u64.saturating_mul(1 << backoff.failures.min(6))).min(MAX_BACKOFF);
+        // 50 ms after the first failure (a node starting at the same time as its seed), then
+        // doubling up to the bound.
+        let base = Duration::from_millis(25u64.saturating_mul(1 << backoff.failures.min(8))).min(MAX_BACKOFF);
         // ±20 %
         let spread = base.as_millis() as u64 * (800 + jitter * 400 / 1000) / 1000;
         backoff.next = Instant::now() + Duration::from_millis(spread);
