@@ -97,10 +97,17 @@ impl Topology {
             .map(|n| n["cluster"].as_str().unwrap())
             .collect();
         assert_eq!(names.len(), clusters);
-        assert_eq!(built["complete"], true, "every node got its links and every command: {built}");
+        assert_eq!(
+            built["complete"], true,
+            "every node got its links and every command: {built}"
+        );
         assert_eq!(built["propagation_pct"], 100.0, "{built}");
         let call = &built["call"];
-        assert_eq!((call["ok"].as_u64(), call["failed"].as_u64()), (Some(50), Some(0)), "{call}");
+        assert_eq!(
+            (call["ok"].as_u64(), call["failed"].as_u64()),
+            (Some(50), Some(0)),
+            "{call}"
+        );
         assert_eq!(call["answer"]["counts"]["fabric"], 2, "{call}");
     }
 }
@@ -109,7 +116,9 @@ impl Drop for Topology {
     fn drop(&mut self) {
         // SIGTERM: the tool stops its nodes before it exits.
         if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
             for _ in 0..100 {
                 if let Ok(Some(_)) = self.child.try_wait() {
                     break;

@@ -7,6 +7,7 @@
 //! - [`identity`]: the node's ed25519 key.
 //! - [`gossip`]: records relayed, anti-entropy, departures, deaths and probes.
 //! - [`state`]: members, records, links, and the choice of a replica and of the link to it.
+//! - [`health`]: how well each node served this node's calls (misbehaving nodes are demoted).
 //! - [`route`]: shortest paths through nodes that are not linked directly.
 //! - [`modules`]: what other nodes offer for replication, and modules fetched by digest.
 //! - [`federation`]: clusters linked by gateways, the summaries they exchange, and the way a
@@ -20,6 +21,7 @@
 pub mod auth;
 pub mod federation;
 mod gossip;
+mod health;
 pub mod identity;
 mod link;
 pub mod modules;
@@ -133,7 +135,14 @@ pub struct Fabric {
     modules: std::sync::OnceLock<Arc<dyn modules::ModuleSource>>,
     /// Serve corrupted module bytes (fault injection in tests).
     tamper: std::sync::atomic::AtomicBool,
+    /// Misbehave towards peers' calls (fault injection in tests).
+    misbehave: std::sync::atomic::AtomicU8,
 }
+
+/// How a node misbehaves towards its peers' calls (fault injection).
+const BEHAVE: u8 = 0;
+const ANSWER_ERRORS: u8 = 1;
+const DROP_CALLS: u8 = 2;
 
 struct Pending {
     /// The link the call was sent on.
@@ -161,6 +170,7 @@ impl Fabric {
             leaving: std::sync::atomic::AtomicBool::new(false),
             modules: std::sync::OnceLock::new(),
             tamper: std::sync::atomic::AtomicBool::new(false),
+            misbehave: std::sync::atomic::AtomicU8::new(BEHAVE),
         });
         executor.set_remote(fabric.clone());
         tokio::spawn(fabric.clone().maintain());
@@ -424,7 +434,17 @@ impl Fabric {
         } else if request.cluster.is_some() {
             self.toward_cluster(request).await
         } else {
-            self.run_here(request).await
+            match self.misbehave.load(Ordering::Relaxed) {
+                ANSWER_ERRORS => Err(WireError {
+                    kind: "failed".into(),
+                    message: format!(
+                        "{}: node `{}` misbehaves (fault injection)",
+                        request.fun, self.config.node_id
+                    ),
+                }),
+                DROP_CALLS => std::future::pending().await,
+                _ => self.run_here(request).await,
+            }
         };
         (PeerMessage::Reply { id, outcome }, reply_to)
     }
@@ -772,17 +792,35 @@ impl Fabric {
             tracing::debug!(target_node = %route.target, %fun, "routing a call");
             let avoid = vec![self.config.node_id.clone()];
             let (outcome, route) = self.exchange_routed(route, request, context.deadline, avoid).await;
+            let record = |outcome| self.with_state(|s| s.scores.record(&route.target, outcome));
             match outcome {
-                Exchange::Answered(Ok(value)) => return Ok(value),
-                // The replica no longer serves it (withdrawn meanwhile), or no path reached it:
-                // it did not run; try another.
+                Exchange::Answered(Ok(value)) => {
+                    record(health::Outcome::Answered);
+                    return Ok(value);
+                }
+                // The replica no longer serves it (withdrawn meanwhile, or it never did), or no
+                // path reached it: it did not run; try another.
                 Exchange::Answered(Err(error)) if error.kind == "not-found" || error.kind == UNREACHABLE => {
+                    if error.kind == "not-found" {
+                        record(health::Outcome::Lied);
+                    }
                     tried.push(route.target);
                 }
-                Exchange::Answered(Err(error)) => return Err(from_wire(error)),
+                Exchange::Answered(Err(error)) => {
+                    // Wrong arguments and denied calls are the caller's doing.
+                    if error.kind != "invalid-args" && error.kind != "denied" {
+                        record(health::Outcome::Failed);
+                    }
+                    return Err(from_wire(error));
+                }
                 // Never sent: it cannot have run; try another replica.
                 Exchange::NotSent => tried.push(route.target),
-                other => return Err(other.into_error(&fun, &route, context.budget)),
+                other => {
+                    if matches!(other, Exchange::Lost | Exchange::TimedOut) {
+                        record(health::Outcome::Dropped);
+                    }
+                    return Err(other.into_error(&fun, &route, context.budget));
+                }
             }
         }
     }
@@ -972,6 +1010,38 @@ impl Remote for Fabric {
             self.tamper.store(action == "tamper", Ordering::Relaxed);
             return Ok(Value::Bool(action == "tamper"));
         }
+        if let Some(how) = action.strip_prefix("misbehave:") {
+            let mode = match how {
+                "error" => ANSWER_ERRORS,
+                "drop" => DROP_CALLS,
+                "off" => BEHAVE,
+                other => {
+                    return Err(CommandError::InvalidArgs(format!(
+                        "weft.fault: misbehave:{other}: error, drop or off"
+                    )))
+                }
+            };
+            self.misbehave.store(mode, Ordering::Relaxed);
+            return Ok(Value::from(how));
+        }
+        if let Some(command) = action.strip_prefix("advertise:") {
+            let record = self.with_state(|s| {
+                s.fake_entries.push(CatalogEntry {
+                    command: command.to_string(),
+                    tags: Vec::new(),
+                    version: "1.0.0".into(),
+                    digest: String::new(),
+                    tenant: crate::tenancy::DEFAULT_TENANT.to_string(),
+                    public: false,
+                    plugin: "fake".into(),
+                    size: 0,
+                    replica_of: None,
+                });
+                s.republish()
+            });
+            self.broadcast(record);
+            return Ok(Value::from(command));
+        }
         if let Some(ms) = action.strip_prefix("delay:") {
             let ms: u64 = ms
                 .parse()
@@ -991,7 +1061,7 @@ impl Remote for Fabric {
                 Ok(())
             }
             other => Err(CommandError::InvalidArgs(format!(
-                "weft.fault: unknown action `{other}` (cut, restore, delay:MS, tamper, untamper)"
+                "weft.fault: unknown action `{other}` (cut, restore, delay:MS, misbehave:error|drop|off, advertise:COMMAND, tamper, untamper)"
             ))),
         })?;
         Ok(self.with_state(|s| Value::from(s.blocked.iter().cloned().collect::<Vec<_>>())))

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::federation::Gateway;
+use super::health::Scores;
 use super::identity::NodeKey;
 use super::modules::Offer;
 use super::route;
@@ -180,6 +181,10 @@ pub struct State {
     pub(super) local_routes: Vec<RouteAd>,
     /// Links to nodes of other clusters.
     pub(super) gateways: HashMap<String, Gateway>,
+    /// How well each node served this node's calls.
+    pub scores: Scores,
+    /// Commands this node advertises without serving them (fault injection).
+    pub fake_entries: Vec<CatalogEntry>,
     /// Poked when the maintenance tick should run now (a new member to dial).
     pub(super) wake: Arc<tokio::sync::Notify>,
     /// Poked when anything routes between clusters depend on changes.
@@ -242,6 +247,8 @@ impl State {
             gateways: HashMap::new(),
             federation_dirty: Arc::new(tokio::sync::Notify::new()),
             wake: Arc::new(tokio::sync::Notify::new()),
+            scores: Scores::default(),
+            fake_entries: Vec::new(),
             gateway_seeds: HashSet::new(),
             delays: HashMap::new(),
             my_url: config.advertise_url.clone(),
@@ -314,7 +321,7 @@ impl State {
                 url: self.my_url.clone(),
                 incarnation: self.incarnation,
                 version: self.local_version,
-                entries: self.local_entries.clone(),
+                entries: self.local_entries.iter().chain(&self.fake_entries).cloned().collect(),
                 neighbours,
                 routes: self.local_routes.clone(),
             };
@@ -1135,7 +1142,9 @@ impl State {
                             measured => measured,
                         };
                         let inflight = self.inflight.get(node).map_or(0, |c| c.load(Ordering::Relaxed));
-                        rtt.saturating_mul(u64::from(*hops)).saturating_mul(1 + inflight as u64)
+                        rtt.saturating_mul(u64::from(*hops))
+                            .saturating_mul(1 + inflight as u64)
+                            .saturating_mul(self.scores.factor(node))
                     })
                 };
                 if score(&candidates[a]) <= score(&candidates[b]) {
@@ -1275,6 +1284,7 @@ impl State {
                     "bytes_out": link.map(|l| l.stats.bytes_out.load(Ordering::Relaxed)),
                     "bytes_in": link.map(|l| l.stats.bytes_in.load(Ordering::Relaxed)),
                     "commands": self.records.get(node).map_or(0, |r| r.body.entries.len()),
+                    "penalty": self.scores.penalty(node),
                     "neighbours": self.records.get(node).map(|r| &r.body.neighbours),
                 })
             })

@@ -1,0 +1,87 @@
+//! How well each node has served this node's calls: errors, calls it never answered and
+//! commands it advertised but did not serve raise a penalty that fades with time, and routing
+//! prefers nodes with lower penalties. A node that misbehaves (by fault or by intent) is
+//! demoted; calls go to healthy replicas; after a while it gets calls again and earns its place
+//! back.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A penalty halves over this.
+const HALF_LIFE: Duration = Duration::from_secs(10);
+
+/// How a call to a node ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Answered,
+    /// It answered with an error of its own making (not the caller's: wrong arguments or a
+    /// denied call are not held against it).
+    Failed,
+    /// It advertised the command and did not serve it.
+    Lied,
+    /// It never answered (timed out, or went away with the call).
+    Dropped,
+}
+
+#[derive(Debug, Default)]
+pub struct Scores {
+    penalties: HashMap<String, (f64, Instant)>,
+}
+
+impl Scores {
+    fn current(&self, node: &str, now: Instant) -> f64 {
+        self.penalties.get(node).map_or(0.0, |(penalty, at)| {
+            let halves = now.duration_since(*at).as_secs_f64() / HALF_LIFE.as_secs_f64();
+            penalty * 0.5f64.powf(halves)
+        })
+    }
+
+    pub fn record(&mut self, node: &str, outcome: Outcome) {
+        let now = Instant::now();
+        let penalty = self.current(node, now);
+        let penalty = match outcome {
+            Outcome::Answered => penalty / 2.0,
+            Outcome::Failed => penalty + 1.0,
+            Outcome::Lied => penalty + 2.0,
+            Outcome::Dropped => penalty + 4.0,
+        };
+        if penalty < 0.01 {
+            self.penalties.remove(node);
+        } else {
+            self.penalties.insert(node.to_string(), (penalty.min(1000.0), now));
+        }
+    }
+
+    /// What a node's estimated cost is multiplied by: 1 for a node that served well, more for
+    /// one that did not (×5 after one error, ×17 after a dropped call).
+    pub fn factor(&self, node: &str) -> u64 {
+        1 + (4.0 * self.current(node, Instant::now())).round() as u64
+    }
+
+    /// The penalty of each node that has one, for `weft peers`.
+    pub fn penalty(&self, node: &str) -> f64 {
+        self.current(node, Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_demote_and_answers_restore() {
+        let mut scores = Scores::default();
+        assert_eq!(scores.factor("a"), 1);
+        scores.record("a", Outcome::Failed);
+        assert_eq!(scores.factor("a"), 5);
+        scores.record("a", Outcome::Dropped);
+        assert_eq!(scores.factor("a"), 21);
+        for _ in 0..10 {
+            scores.record("a", Outcome::Answered);
+        }
+        assert_eq!(scores.factor("a"), 1);
+        assert_eq!(scores.factor("b"), 1);
+    }
+}
