@@ -48,6 +48,10 @@ pub struct CallArgs {
     /// Resource tags the serving command must carry.
     #[arg(long, value_delimiter = ',')]
     locs: Vec<String>,
+    /// The cluster that must run it (`target_cluster`) [default: this node's, else the nearest
+    /// cluster serving it].
+    #[arg(long = "cluster")]
+    target_cluster: Option<String>,
     #[command(flatten)]
     node: NodeTarget,
 }
@@ -229,7 +233,8 @@ pub async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
     }
     let client = args.node.connect().await?;
     let locs: Vec<String> = args.locs.into_iter().filter(|l| !l.is_empty()).collect();
-    match client.call(&args.fun, positional, kwargs, &locs).await {
+    let cluster = args.target_cluster.as_deref();
+    match client.call_in(&args.fun, positional, kwargs, &locs, cluster).await {
         Ok(value) => {
             println!("{value}");
             Ok(ExitCode::SUCCESS)

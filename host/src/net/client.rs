@@ -169,10 +169,23 @@ impl Client {
         kwargs: Map<String, Value>,
         locs: &[String],
     ) -> Result<Value, ClientError> {
-        let request = json!({
-            "role": "rpc",
-            "cmds": [{ "name": "result", "fun": fun, "args": args, "kwargs": kwargs, "locs": locs }],
-        });
+        self.call_in(fun, args, kwargs, locs, None).await
+    }
+
+    /// Like [`Client::call`], run by a node of `target_cluster` when given.
+    pub async fn call_in(
+        &self,
+        fun: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        locs: &[String],
+        target_cluster: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut command = json!({ "name": "result", "fun": fun, "args": args, "kwargs": kwargs, "locs": locs });
+        if let Some(cluster) = target_cluster {
+            command["target_cluster"] = json!(cluster);
+        }
+        let request = json!({ "role": "rpc", "cmds": [command] });
         let response = self.request(request).await?;
         let mut r = result_of(response)?;
         r.get_mut("result")
