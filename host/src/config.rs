@@ -28,6 +28,20 @@ pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
 pub const INSTANCE_REUSE_ENV: &str = "WEFT_INSTANCE_REUSE";
 pub const DEFAULT_INSTANCE_REUSE: u32 = 10_000;
 
+/// Connections (clients and peers) a node holds at once; beyond it new ones are closed at once.
+pub const MAX_CONNECTIONS_ENV: &str = "WEFT_MAX_CONNECTIONS";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+
+/// How long a new connection may take to finish its TLS and WebSocket handshakes, in
+/// milliseconds (a client that trickles its upgrade request is cut off here).
+pub const HANDSHAKE_TIMEOUT_MS_ENV: &str = "WEFT_HANDSHAKE_TIMEOUT_MS";
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+/// The read buffer of each WebSocket connection (tungstenite's default is 128 KiB, allocated
+/// and touched up front: 1.3 GB for 10,000 idle connections). Larger frames still arrive
+/// whole; they are read in more pieces.
+pub const READ_BUFFER_BYTES: usize = 8 * 1024;
+
 /// Requests one client connection may have in flight before the node stops reading from it.
 pub const MAX_INFLIGHT_PER_CONNECTION: usize = 1024;
 
@@ -46,6 +60,8 @@ pub struct Limits {
     pub max_call_depth: u32,
     pub max_instances: u32,
     pub instance_reuse: u32,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -57,6 +73,8 @@ impl Default for Limits {
             max_call_depth: DEFAULT_MAX_CALL_DEPTH,
             max_instances: DEFAULT_MAX_INSTANCES,
             instance_reuse: DEFAULT_INSTANCE_REUSE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: Duration::from_millis(DEFAULT_HANDSHAKE_TIMEOUT_MS),
         }
     }
 }

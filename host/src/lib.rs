@@ -13,6 +13,8 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod fabric;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod metrics;
 pub mod net;
 pub mod node;

@@ -124,6 +124,12 @@ pub struct NodeArgs {
     /// nothing].
     #[arg(long = "replicate-accept", env = "WEFT_REPLICATE_ACCEPT", value_delimiter = ',')]
     replicate_accept: Vec<weft::replication::Accept>,
+    /// Connections (clients and peers) held at once; new ones beyond it are closed at once.
+    #[arg(long, env = config::MAX_CONNECTIONS_ENV, default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// How long a new connection may take to finish its TLS and WebSocket handshakes, in ms.
+    #[arg(long, env = config::HANDSHAKE_TIMEOUT_MS_ENV, default_value_t = config::DEFAULT_HANDSHAKE_TIMEOUT_MS)]
+    handshake_timeout_ms: u64,
     /// Calls a warm instance serves before it is replaced (1 = a fresh instance per call).
     #[arg(long, env = config::INSTANCE_REUSE_ENV, default_value_t = config::DEFAULT_INSTANCE_REUSE)]
     instance_reuse: u32,
@@ -138,6 +144,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         max_call_depth: args.max_call_depth,
         max_instances: args.max_instances.max(2),
         instance_reuse: args.instance_reuse.max(1),
+        max_connections: args.max_connections.max(1),
+        handshake_timeout: Duration::from_millis(args.handshake_timeout_ms.max(1)),
     };
     let resources = args.resources.into_iter().filter(|r| !r.is_empty()).collect();
     let tenants = match &args.tenants {

@@ -107,6 +107,7 @@ where
 /// The WebSocket settings of a dialed link: the same frame limit the listener applies.
 pub fn ws_config(limit: usize) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(crate::config::READ_BUFFER_BYTES)
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit))
 }

@@ -30,9 +30,6 @@ use crate::tenancy::{Tenant, Tenants};
 
 use super::tls::{Stream, Tls};
 
-/// How long a client may take to complete the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Takes over WebSocket connections made to the peer path ([`crate::fabric::wire::PEER_PATH`]).
 pub trait PeerHandler: Send + Sync + 'static {
     fn accept(&self, ws: WebSocketStream<Stream>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -48,10 +45,24 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
+    let max_connections = executor.limits().max_connections;
+    let mut refusing = false;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) if connections.len() >= max_connections => {
+                    // Closed at once: holding it would cost what the limit is there to bound.
+                    if !refusing {
+                        tracing::warn!(%peer, max_connections, "connection limit reached; closing new connections (--max-connections)");
+                        refusing = true;
+                    }
+                    drop(stream);
+                }
                 Ok((stream, peer)) => {
+                    if refusing {
+                        tracing::info!(open = connections.len(), "below the connection limit again");
+                        refusing = false;
+                    }
                     connections.spawn(connection(stream, peer, executor.clone(), peers.clone(), tls.clone(), shutdown.clone()));
                 }
                 Err(e) => {
@@ -79,12 +90,13 @@ async fn connection(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "set_nodelay failed");
     }
+    let handshake_timeout = executor.limits().handshake_timeout;
     // With TLS, whether the other side showed a certificate (one it shows is always verified
     // against the CA).
     let (stream, certified): (Stream, bool) = match &tls {
         Some(tls) => {
             let accept = tokio_rustls::TlsAcceptor::from(tls.server.clone()).accept(stream);
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+            match tokio::time::timeout(handshake_timeout, accept).await {
                 Ok(Ok(stream)) => {
                     let certified = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
                     (Box::new(stream), certified)
@@ -106,6 +118,7 @@ async fn connection(
     // ones close the connection with code 1009 (message too big).
     let hard_limit = executor.limits().max_frame_bytes.saturating_mul(2);
     let config = WebSocketConfig::default()
+        .read_buffer_size(crate::config::READ_BUFFER_BYTES)
         .max_message_size(Some(hard_limit))
         .max_frame_size(Some(hard_limit));
     let mut path = String::new();
@@ -133,10 +146,15 @@ async fn connection(
         }
         Ok(response)
     };
-    let ws = match tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)).await {
-        Ok(ws) => ws,
-        Err(e) => {
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config));
+    let ws = match tokio::time::timeout(handshake_timeout, upgrade).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
             tracing::debug!(error = %e, "websocket handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("websocket handshake timed out");
             return;
         }
     };

@@ -289,7 +289,16 @@ impl Executor {
         let context = self.client_context(Arc::from(trace_id(u)));
         let names: HashSet<&str> = results.keys().map(String::as_str).collect();
         let budget = self.limits.max_frame_bytes;
-        let mut prepared: Vec<_> = level
+        // One command: run here, borrowing its name and selector from the request (nothing
+        // copied into the future that every request in flight keeps).
+        if let [i] = level {
+            let cmd = &cmds[*i];
+            return match resolve_args(cmd, results, &names, budget) {
+                Ok((args, kwargs)) => vec![self.dispatch(&cmd.fun, args, kwargs, &cmd.selector, context).await],
+                Err(e) => vec![Err(e)],
+            };
+        }
+        let prepared: Vec<_> = level
             .iter()
             .map(|&i| {
                 let cmd = &cmds[i];
@@ -297,15 +306,6 @@ impl Executor {
                     .map(|(args, kwargs)| (cmd.fun.clone(), args, kwargs, cmd.selector.clone()))
             })
             .collect();
-        if prepared.len() == 1 {
-            return match prepared.pop() {
-                Some(Ok((fun, args, kwargs, selector))) => {
-                    vec![self.dispatch(&fun, args, kwargs, &selector, context).await]
-                }
-                Some(Err(e)) => vec![Err(e)],
-                None => Vec::new(),
-            };
-        }
         let Some(me) = self.me.upgrade() else {
             return prepared.iter().map(|_| Err(shutting_down())).collect();
         };

@@ -3,8 +3,8 @@
 
 mod builtins;
 mod executor;
-mod plan;
-mod protocol;
+pub(crate) mod plan;
+pub(crate) mod protocol;
 
 pub use builtins::NAMES as BUILTIN_COMMANDS;
 pub use executor::{Executor, Remote, RemoteCall, RemoteFuture};
