@@ -236,6 +236,7 @@ async fn self_healing_after_three_partitions() {
     let groups: Vec<Value> = heals.iter().map(|h| h["groups"].clone()).collect();
     assert_eq!(groups, [json!([5, 5]), json!([7, 3]), json!([6, 2, 2])]);
     for heal in heals {
+        assert_eq!(heal["formed"], true, "each side held the other dead: {heal}");
         assert_eq!(heal["served_while_cut"], true, "{heal}");
         assert_eq!(heal["healed"], true, "{heal}");
     }

@@ -21,9 +21,12 @@ fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// A fuzz target's entry point.
+type Target = fn(&[u8]);
+
 #[test]
 fn every_seed_and_past_failure_runs_through_its_target() {
-    let targets: [(&str, fn(&[u8])); 4] = [
+    let targets: [(&str, Target); 4] = [
         ("client_request", weft::fuzz::client_request),
         ("dependencies", weft::fuzz::dependencies),
         ("peer_frame", weft::fuzz::peer_frame),

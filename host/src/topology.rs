@@ -346,6 +346,8 @@ pub struct Options {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Heal {
     pub groups: Vec<usize>,
+    /// Each side held the others dead before the links were restored.
+    pub formed: bool,
     /// Every node kept serving calls (from its own side) while cut off.
     pub served_while_cut: bool,
     /// From the links restored until every node links to and lists every other.
@@ -639,7 +641,7 @@ async fn partition(
     }
     // Each side declares the others dead (their commands withdrawn), and serves what it has.
     let size_of = |i: usize| groups[group_of[i]];
-    let (_, _) = until_all(clients, |i, v| {
+    let (formed, _) = until_all(clients, |i, v| {
         v.alive == size_of(i) - 1 && v.links == size_of(i) - 1 && v.dead == n - size_of(i)
     })
     .await;
@@ -659,6 +661,7 @@ async fn partition(
     let (healed, last) = until_all(clients, |_, v| v.alive == n - 1 && v.links == n - 1).await;
     Ok(Heal {
         groups: groups.to_vec(),
+        formed,
         served_while_cut,
         heal_ms: last.duration_since(restored).as_secs_f64() * 1000.0,
         healed,
@@ -755,8 +758,9 @@ pub fn report(built: &Built) -> String {
     }
     for heal in &built.heals {
         out.push_str(&format!(
-            "partition {}: served while cut {}, heal {:.0} ms{}\n",
+            "partition {}{}: served while cut {}, heal {:.0} ms{}\n",
             sizes_label(&heal.groups),
+            if heal.formed { "" } else { " (never fully formed)" },
             if heal.served_while_cut { "yes" } else { "NO" },
             heal.heal_ms,
             if heal.healed { "" } else { " (did not heal)" }

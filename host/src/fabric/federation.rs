@@ -24,9 +24,27 @@ use crate::plugins::Selector;
 /// The cluster of a call that goes wherever its command is served.
 pub const ANY_CLUSTER: &str = "*";
 
-/// Most routes, and most command summaries in all, taken from one gateway peer.
+/// Most routes, and most command summaries in all, taken from one gateway peer (and put in a
+/// table or this node's record).
 const MAX_ADS: usize = 1024;
 const MAX_SUMMARIES: usize = 16_384;
+
+/// Longest path of clusters taken (a hop budget is at most 255; longer paths are noise).
+const MAX_PATH: usize = 256;
+
+/// Gateway links a node keeps at most.
+const MAX_GATEWAYS: usize = 64;
+
+/// Keeps a table within the bounds: at most [`MAX_ADS`] routes and [`MAX_SUMMARIES`] summaries.
+fn bounded(mut routes: Vec<RouteAd>) -> Vec<RouteAd> {
+    routes.truncate(MAX_ADS);
+    let mut room = MAX_SUMMARIES;
+    for ad in &mut routes {
+        ad.commands.truncate(room);
+        room -= ad.commands.len();
+    }
+    routes
+}
 
 /// Which other clusters a node links to.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -122,7 +140,11 @@ enum Hop {
 /// A round trip in whole milliseconds, floored to 5 ms so that jitter does not re-announce
 /// routes.
 fn metric_ms(stats: &LinkStats) -> u64 {
-    stats.rtt_us.load(Ordering::Relaxed) / 5000 * 5
+    match stats.rtt_us.load(Ordering::Relaxed) {
+        // Not measured yet: never the fastest.
+        0 => 5,
+        rtt => rtt / 5000 * 5,
+    }
 }
 
 /// A command as a summary: without node, digest or plugin.
@@ -156,7 +178,7 @@ impl State {
         dialer: &str,
         tx: mpsc::Sender<PeerMessage>,
     ) -> Option<(u64, std::sync::Arc<LinkStats>, std::sync::Arc<tokio::sync::Notify>)> {
-        if self.blocked.contains(node) {
+        if self.blocked.contains(node) || (self.gateways.len() >= MAX_GATEWAYS && !self.gateways.contains_key(node)) {
             return None;
         }
         let preferred_dialer = if self.me.as_str() < node { &self.me } else { node };
@@ -213,13 +235,19 @@ impl State {
     /// dropped (they would loop), and so is anything past the bounds.
     pub fn learn_routes(&mut self, node: &str, mut ads: Vec<RouteAd>) {
         let mine = self.cluster.clone();
-        ads.retain(|ad| !ad.path.is_empty() && !ad.path.contains(&mine));
-        ads.truncate(MAX_ADS);
-        let mut room = MAX_SUMMARIES;
-        for ad in &mut ads {
-            ad.commands.truncate(room);
-            room -= ad.commands.len();
-        }
+        let Some(peer_cluster) = self.gateways.get(node).map(|g| g.cluster.clone()) else {
+            return;
+        };
+        // A path starts at the peer's cluster, never passes a cluster twice (nor this one) and
+        // is no longer than any hop budget.
+        ads.retain(|ad| {
+            let distinct: std::collections::HashSet<&String> = ad.path.iter().collect();
+            ad.path.first() == Some(&peer_cluster)
+                && ad.path.len() <= MAX_PATH
+                && distinct.len() == ad.path.len()
+                && !ad.path.contains(&mine)
+        });
+        let ads = bounded(ads);
         if let Some(gateway) = self.gateways.get_mut(node) {
             if gateway.learned != ads {
                 gateway.learned = ads;
@@ -259,14 +287,14 @@ impl State {
         (publish, sends)
     }
 
-    /// A table could not be queued for a gateway peer: send it again at the next update.
+    /// A table could not be queued for a gateway peer: send it again at the next periodic
+    /// update (not at once: a peer that does not read would keep this node busy).
     pub fn routes_unsent(&mut self, tx: &mpsc::Sender<PeerMessage>) {
         for gateway in self.gateways.values_mut() {
             if gateway.handle.tx.same_channel(tx) {
                 gateway.sent = None;
             }
         }
-        self.federation_changed();
     }
 
     /// The routes of this node's record: for each cluster its gateway links reach, the best
@@ -293,7 +321,7 @@ impl State {
         }
         let mut routes: Vec<RouteAd> = best.into_values().collect();
         routes.sort_by(|a, b| (a.default, a.cluster()).cmp(&(b.default, b.cluster())));
-        routes
+        bounded(routes)
     }
 
     /// What this node's cluster serves, as summaries.
@@ -360,7 +388,7 @@ impl State {
                 commands: Vec::new(),
             });
         }
-        table
+        bounded(table)
     }
 
     /// Whether a node of this cluster (this one included) serves `fun`.
@@ -430,8 +458,16 @@ impl State {
             .min_by_key(|(_, crossings, _, _)| *crossings)
             .map(|(_, crossings, _, cluster)| (cluster.clone(), *crossings));
         found.retain(|(_, crossings, _, _)| *crossings <= budget);
-        // Nearest first; among equals, a node's own gateway link before a member's.
-        found.sort_by_key(|(metric, crossings, hop, _)| (*metric, *crossings, matches!(hop, Hop::Member(_))));
+        // Nearest first (a node that served badly counts as farther); among equals, a node's
+        // own gateway link before a member's.
+        let cost = |metric: u64, hop: &Hop| {
+            let node = match hop {
+                Hop::Gateway(n) | Hop::Member(n) => n,
+            };
+            (metric + 1).saturating_mul(self.scores.factor(node))
+        };
+        found
+            .sort_by_key(|(metric, crossings, hop, _)| (cost(*metric, hop), *crossings, matches!(hop, Hop::Member(_))));
         for (_, _, hop, cluster) in found {
             if let Some(step) = self.step(hop, cluster, avoid) {
                 return Ok(step);

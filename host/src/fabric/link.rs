@@ -418,6 +418,18 @@ where
                             stats.rtt_us.store(smoothed.max(1), Ordering::Relaxed);
                         }
                     }
+                    // A node of another cluster may only hand this node calls for a cluster (its
+                    // gateway role): it cannot reach into this cluster's nodes or modules.
+                    PeerMessage::Call(request) if gateway && (request.cluster.is_none() || request.target != me || request.fun == super::modules::MODULE_FETCH) => {
+                        let refused = PeerMessage::Reply {
+                            id: request.id,
+                            outcome: Err(wire::WireError {
+                                kind: "denied".into(),
+                                message: format!("{}: a gateway link carries only calls for a cluster", request.fun),
+                            }),
+                        };
+                        queue(&tx, refused);
+                    }
                     PeerMessage::Call(request) => {
                         if serving.len() < LINK_QUEUE {
                             serving.push(fabric.clone().serve_call(request));
@@ -432,7 +444,7 @@ where
                             queue(&tx, busy);
                         }
                     }
-                    PeerMessage::Reply { id, outcome } => fabric.complete(id, outcome),
+                    PeerMessage::Reply { id, outcome } => fabric.complete(id, super::Arrival::Link(link_id), outcome),
                     PeerMessage::Deliver(delivery) => fabric.deliver(delivery),
                     PeerMessage::Routes(table) if gateway => fabric.with_state(|s| s.learn_routes(&peer.node, table)),
                     other if gateway => {

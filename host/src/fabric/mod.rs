@@ -148,8 +148,8 @@ struct Pending {
     /// The link the call was sent on.
     link: u64,
     /// The reply may come back another way (a call crossing clusters): losing the link does
-    /// not fail the call; the deadline does.
-    reroutable: bool,
+    /// not fail the call; the deadline does. A rerouted reply must carry this token.
+    reroutable: Option<u64>,
     reply: oneshot::Sender<Result<Value, WireError>>,
 }
 
@@ -342,10 +342,11 @@ impl Fabric {
 
     /// Passes a rerouted reply on towards the node it is for.
     fn deliver(&self, mut delivery: wire::Delivery) {
-        if delivery.to.node == self.config.node_id {
-            self.complete(delivery.to.id, delivery.outcome);
+        if delivery.to.node == self.config.node_id && delivery.to.cluster == self.config.cluster {
+            self.complete(delivery.to.id, Arrival::Rerouted(delivery.to.token), delivery.outcome);
             return;
         }
+        delivery.hops = delivery.hops.min(DELIVERY_HOPS);
         if delivery.hops == 0 {
             tracing::debug!(to = %delivery.to.node, "a rerouted reply ran out of hops");
             return;
@@ -427,7 +428,16 @@ impl Fabric {
     async fn serve_call(self: Arc<Self>, request: CallRequest) -> (PeerMessage, Option<wire::ReturnAddress>) {
         let id = request.id;
         let reply_to = request.reply_to.clone();
-        let outcome = if request.target != self.config.node_id {
+        let outcome = if request.path.len() > usize::from(MAX_HOPS) + 1 || request.clusters.len() > MAX_CLUSTERS_PASSED
+        {
+            Err(WireError {
+                kind: "invalid-args".into(),
+                message: format!(
+                    "{}: a call that passed more nodes or clusters than any route has",
+                    request.fun
+                ),
+            })
+        } else if request.target != self.config.node_id {
             self.forward(request).await
         } else if request.fun == modules::MODULE_FETCH {
             self.serve_module(&request.args).await
@@ -482,6 +492,11 @@ impl Fabric {
         self.take_step(&mut request, &step)?;
         match self.exchange(&step.route, request, deadline).await {
             Exchange::Answered(outcome) => outcome,
+            // Never sent: the caller may try another way.
+            Exchange::NotSent => Err(WireError {
+                kind: UNREACHABLE.into(),
+                message: format!("{fun}: the link to `{}` closed", step.route.via),
+            }),
             other => Err(to_wire(other.into_error(&fun, &step.route, budget))),
         }
     }
@@ -524,25 +539,28 @@ impl Fabric {
     /// Moves `request` one step on: a crossing spends a cluster hop; every step a node hop.
     fn take_step(&self, request: &mut CallRequest, step: &federation::Step) -> Result<(), WireError> {
         let me = &self.config.node_id;
-        let fail = |message: String| WireError {
-            kind: "not-found".into(),
-            message,
-        };
         if request.hops == 0 {
-            return Err(fail(format!(
-                "{}: the hop budget of {MAX_HOPS} nodes is spent",
-                request.fun
-            )));
+            return Err(WireError {
+                kind: UNREACHABLE.into(),
+                message: format!("{}: the hop budget of {MAX_HOPS} nodes is spent", request.fun),
+            });
         }
         if step.crosses {
             if request.cluster_hops == 0 {
-                return Err(fail(format!(
-                    "{}: the hop budget of cluster crossings is spent at cluster `{}`",
-                    request.fun, self.config.cluster
-                )));
+                return Err(WireError {
+                    kind: "not-found".into(),
+                    message: format!(
+                        "{}: the hop budget of cluster crossings is spent at cluster `{}`",
+                        request.fun, self.config.cluster
+                    ),
+                });
             }
             request.cluster_hops -= 1;
             request.clusters.push(self.config.cluster.clone());
+            // The next cluster counts node hops (and looks for loops) afresh: the clusters the
+            // call passed bound its crossings.
+            request.path.clear();
+            request.hops = MAX_HOPS;
         }
         if request.cluster.as_deref() == Some(federation::ANY_CLUSTER) || request.cluster.is_none() {
             request.cluster = Some(step.cluster.clone());
@@ -660,17 +678,21 @@ impl Fabric {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         request.id = id;
         request.deadline_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
-        // At the node the call starts from, a rerouted reply comes back under this id.
-        if let Some(to) = request.reply_to.as_mut().filter(|to| to.node == self.config.node_id) {
+        // At the node the call starts from, a rerouted reply comes back under this id, with
+        // a fresh token.
+        let mine = |to: &wire::ReturnAddress| to.node == self.config.node_id && to.cluster == self.config.cluster;
+        if let Some(to) = request.reply_to.as_mut().filter(|to| mine(to)) {
             to.id = id;
+            to.token = u64::from_le_bytes(auth::nonce()[..8].try_into().unwrap_or_default());
         }
+        let reroutable = request.reply_to.as_ref().filter(|to| mine(to)).map(|to| to.token);
         let (reply, answer) = oneshot::channel();
         if let Ok(mut pending) = self.pending.lock() {
             pending.insert(
                 id,
                 Pending {
                     link: route.link,
-                    reroutable: request.reply_to.is_some(),
+                    reroutable,
                     reply,
                 },
             );
@@ -704,10 +726,26 @@ impl Fabric {
         }
     }
 
-    fn complete(&self, id: u64, outcome: Result<Value, WireError>) {
-        let pending = self.pending.lock().ok().and_then(|mut p| p.remove(&id));
-        if let Some(pending) = pending {
-            let _ = pending.reply.send(outcome);
+    /// Completes pending call `id` with a reply that came on the link the call left on, or
+    /// rerouted with the call's token; anything else is ignored (a peer cannot answer calls it
+    /// was not sent).
+    fn complete(&self, id: u64, arrival: Arrival, outcome: Result<Value, WireError>) {
+        let pending = self.pending.lock().ok().and_then(|mut pending| {
+            let expected = match (pending.get(&id)?, arrival) {
+                (p, Arrival::Link(link)) => p.link == link,
+                (p, Arrival::Rerouted(token)) => p.reroutable == Some(token),
+            };
+            if expected {
+                pending.remove(&id)
+            } else {
+                None
+            }
+        });
+        match pending {
+            Some(pending) => {
+                let _ = pending.reply.send(outcome);
+            }
+            None => tracing::debug!(id, "a reply for no call of this node (late, or not ours) was dropped"),
         }
     }
 
@@ -717,7 +755,7 @@ impl Fabric {
             Ok(mut pending) => {
                 let ids: Vec<u64> = pending
                     .iter()
-                    .filter(|(_, p)| p.link == link && !p.reroutable)
+                    .filter(|(_, p)| p.link == link && p.reroutable.is_none())
                     .map(|(id, _)| *id)
                     .collect();
                 ids.into_iter().filter_map(|id| pending.remove(&id)).collect()
@@ -792,7 +830,20 @@ impl Fabric {
             tracing::debug!(target_node = %route.target, %fun, "routing a call");
             let avoid = vec![self.config.node_id.clone()];
             let (outcome, route) = self.exchange_routed(route, request, context.deadline, avoid).await;
-            let record = |outcome| self.with_state(|s| s.scores.record(&route.target, outcome));
+            // Through another node, a call that went unanswered, or an error, may be the relay's
+            // doing: there only the target's answers and the relay's silence are scored.
+            let direct = route.via == route.target;
+            let record = |outcome| {
+                let node = match outcome {
+                    health::Outcome::Answered => Some(&route.target),
+                    health::Outcome::Dropped if !direct => Some(&route.via),
+                    _ if direct => Some(&route.target),
+                    _ => None,
+                };
+                if let Some(node) = node {
+                    self.with_state(|s| s.scores.record(node, outcome));
+                }
+            };
             match outcome {
                 Exchange::Answered(Ok(value)) => {
                     record(health::Outcome::Answered);
@@ -865,6 +916,7 @@ impl Fabric {
                 node: me.clone(),
                 cluster: self.config.cluster.clone(),
                 id: 0,
+                token: 0,
             }),
         };
         // Gateways whose route did not reach (a link closed, a path went away) are avoided.
@@ -874,12 +926,24 @@ impl Fabric {
             let mut attempt = request.clone();
             self.take_step(&mut attempt, &step).map_err(from_wire)?;
             tracing::debug!(via = %step.route.via, cluster = %step.cluster, %fun, "routing a call to another cluster");
-            match self.exchange(&step.route, attempt, context.deadline).await {
-                Exchange::Answered(Ok(value)) => return Ok(value),
-                Exchange::Answered(Err(error)) if error.kind == UNREACHABLE => {}
+            let outcome = self.exchange(&step.route, attempt, context.deadline).await;
+            // The first node on the way (a gateway, or the member whose gateway it is) answers
+            // for the route it advertised.
+            let record = |outcome| self.with_state(|s| s.scores.record(&step.route.via, outcome));
+            match outcome {
+                Exchange::Answered(Ok(value)) => {
+                    record(health::Outcome::Answered);
+                    return Ok(value);
+                }
+                Exchange::Answered(Err(error)) if error.kind == UNREACHABLE => record(health::Outcome::Lied),
                 Exchange::Answered(Err(error)) => return Err(from_wire(error)),
                 Exchange::NotSent => {}
-                other => return Err(other.into_error(&fun, &step.route, context.budget)),
+                other => {
+                    if matches!(other, Exchange::Lost | Exchange::TimedOut) {
+                        record(health::Outcome::Dropped);
+                    }
+                    return Err(other.into_error(&fun, &step.route, context.budget));
+                }
             }
             avoided.path.push(step.route.via);
         }
@@ -898,6 +962,21 @@ const ROUTE_ATTEMPTS: usize = 3;
 
 /// The error kind of a call that found no path to its target (it did not run).
 const UNREACHABLE: &str = "unreachable";
+
+/// How a reply reached this node.
+#[derive(Clone, Copy)]
+pub(crate) enum Arrival {
+    /// On this link.
+    Link(u64),
+    /// Rerouted, with this token.
+    Rerouted(u64),
+}
+
+/// Clusters a call may have passed (more than any hop budget allows).
+const MAX_CLUSTERS_PASSED: usize = u8::MAX as usize;
+
+/// Hops a rerouted reply may travel.
+const DELIVERY_HOPS: u8 = MAX_HOPS.saturating_mul(2);
 
 /// How a call sent on a link ended.
 enum Exchange {

@@ -215,6 +215,8 @@ pub struct ReturnAddress {
     pub cluster: String,
     /// The call's id at that node.
     pub id: u64,
+    /// A random number the reply must carry back: only the nodes the call passed know it.
+    pub token: u64,
 }
 
 /// A rerouted reply.
