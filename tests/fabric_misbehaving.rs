@@ -48,20 +48,8 @@ async fn calls(caller: &TestNode, n: usize) -> Vec<Result<String, String>> {
 }
 
 async fn penalty(caller: &TestNode, bad: &TestNode) -> f64 {
-    let bad_id = node_id(bad).await;
-    let peers = caller
-        .client()
-        .await
-        .call("weft.peers", vec![], no_kwargs(), &[])
-        .await
-        .unwrap();
-    peers["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["node"] == bad_id.as_str())
-        .map(|p| p["penalty"].as_f64().unwrap())
-        .unwrap()
+    let row = peer_row(caller, &node_id(bad).await).await.unwrap();
+    row["penalty"].as_f64().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,17 +59,9 @@ async fn calls_go_to_the_idle_provider() {
     // Wait until the caller has all twelve running on the GPU node.
     let gpu_id = support::node_id(&gpu).await;
     let busy_seen = eventually(CONVERGE, || async {
-        let peers = caller
-            .client()
+        support::peer_row(&caller, &gpu_id)
             .await
-            .call("weft.peers", vec![], no_kwargs(), &[])
-            .await
-            .unwrap();
-        peers["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["node"] == gpu_id.as_str() && p["inflight"] == 12)
+            .is_some_and(|p| p["inflight"] == 12)
     })
     .await;
     assert!(busy_seen, "the slow calls never ran");

@@ -37,15 +37,8 @@ async fn request(node: &TestNode, fun: &str, args: Value, target_cluster: Option
 /// Waits until `node`'s catalog lists `command` in `cluster`.
 async fn sees(node: &TestNode, command: &str, cluster: &str) -> bool {
     eventually(Duration::from_secs(10), || async {
-        let catalog = node
-            .client()
+        catalog_rows(node)
             .await
-            .call("weft.catalog", vec![], no_kwargs(), &[])
-            .await
-            .unwrap();
-        catalog
-            .as_array()
-            .unwrap()
             .iter()
             .any(|row| row["command"] == command && row["cluster"] == cluster)
     })
@@ -89,19 +82,10 @@ async fn clusters_are_isolated_unless_both_bridge() {
         let response = request(node, other, json!([]), None).await;
         assert_eq!(error_code(&response), Some(1001), "{response}");
     }
-    let catalog = alpha
-        .client()
-        .await
-        .call("weft.catalog", vec![], no_kwargs(), &[])
-        .await
-        .unwrap();
+    let catalog = catalog_rows(&alpha).await;
     assert!(
-        catalog
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|row| row["command"] == "greeter.hello"),
-        "alpha sees only its own commands: {catalog}"
+        catalog.iter().all(|row| row["command"] == "greeter.hello"),
+        "alpha sees only its own commands: {catalog:?}"
     );
     let peers = alpha
         .client()
@@ -221,10 +205,8 @@ async fn a_reply_comes_back_another_way_when_a_gateway_dies() {
     assert!(sees(&a, "flavour.slow", "c").await);
     // The routes through b and through d are both known, b's the nearer.
     let nearer = eventually(Duration::from_secs(10), || async {
-        let catalog = client.call("weft.catalog", vec![], no_kwargs(), &[]).await.unwrap();
-        catalog
-            .as_array()
-            .unwrap()
+        catalog_rows(&a)
+            .await
             .iter()
             .any(|row| row["command"] == "flavour.slow" && row["via"] == "b1")
     })

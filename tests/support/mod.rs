@@ -254,6 +254,27 @@ pub async fn peer_states(node: &TestNode) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `node`'s row for peer `id` in its `weft.peers` report (state, link, in-flight calls,
+/// penalty), if it knows the peer.
+pub async fn peer_row(node: &TestNode, id: &str) -> Option<Value> {
+    let client = node.client().await;
+    let report = client.call("weft.peers", vec![], Map::new(), &[]).await.unwrap();
+    report["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == id)
+        .cloned()
+}
+
+/// Every row of `node`'s `weft.catalog` (this cluster's commands by node, other clusters' by
+/// cluster).
+pub async fn catalog_rows(node: &TestNode) -> Vec<Value> {
+    let client = node.client().await;
+    let catalog = client.call("weft.catalog", vec![], Map::new(), &[]).await.unwrap();
+    catalog.as_array().unwrap().clone()
+}
+
 /// This node's id, as the fabric knows it.
 pub async fn node_id(node: &TestNode) -> String {
     let client = node.client().await;
