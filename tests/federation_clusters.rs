@@ -120,6 +120,13 @@ async fn target_cluster_picks_among_bridged_clusters() {
     let response = request(&right, "flavour.name", json!([]), Some("right")).await;
     assert_eq!(response["r"]["r"], "gpu", "{response}");
 
+    // The same from the command line: `weft call --cluster`.
+    for (cluster, answer) in [("left", "\"cpu\""), ("right", "\"gpu\"")] {
+        let out = weft_cli(&["call", "flavour.name", "--cluster", cluster, "--url", hub.url()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), answer);
+    }
+
     let response = request(&hub, "flavour.name", json!([]), Some("nowhere")).await;
     assert_eq!(error_code(&response), Some(1001), "{response}");
     assert!(error_details(&response).contains("nowhere"), "{response}");

@@ -143,6 +143,19 @@ async fn regions_bridged_by_gateways_and_an_unbridged_cluster_kept_out() {
     topology.assert_built(9, 3);
     // Three meshes of three, and three gateway links.
     assert_eq!(topology.built["links"], 3 * 3 * 2 + 3 * 2);
+    // `weft topology report` measures the running topology again.
+    let dir = topology.dir.path().join("topology");
+    let out = weft_cli(&["topology", "report", "--json", "--dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["links"], 3 * 3 * 2 + 3 * 2);
+    assert_eq!(report["propagation_pct"], 100.0);
+    let out = weft_cli(&["topology", "report", "--dir", dir.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("connection efficiency") && text.contains("reference"),
+        "{text}"
+    );
 
     // A cluster no region bridges to seeds a gateway: refused, and kept apart both ways.
     let outsider = TestNode::start(
