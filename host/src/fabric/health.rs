@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// Penalties count up to this in the factor (4^20: any route wins over such a node).
+const MAX_PENALTY: f64 = 20.0;
+
 /// A penalty halves over this.
 const HALF_LIFE: Duration = Duration::from_secs(10);
 
@@ -54,10 +57,13 @@ impl Scores {
         }
     }
 
-    /// What a node's estimated cost is multiplied by: 1 for a node that served well, more for
-    /// one that did not (×5 after one error, ×17 after a dropped call).
+    /// What a node's estimated cost is multiplied by: 1 for a node that served well, 4 to the
+    /// power of its penalty for one that did not (×4 after one error, ×256 after a dropped
+    /// call, ×1024 after five errors in a row). Exponential, so that a few bad answers outweigh
+    /// any difference of round-trip times (one slow ping can make a healthy link look 1000
+    /// times slower than another).
     pub fn factor(&self, node: &str) -> u64 {
-        1 + (4.0 * self.current(node, Instant::now())).round() as u64
+        4f64.powf(self.current(node, Instant::now()).min(MAX_PENALTY)).round() as u64
     }
 
     /// The penalty of each node that has one, for `weft peers`.
@@ -75,9 +81,13 @@ mod tests {
         let mut scores = Scores::default();
         assert_eq!(scores.factor("a"), 1);
         scores.record("a", Outcome::Failed);
-        assert_eq!(scores.factor("a"), 5);
+        assert_eq!(scores.factor("a"), 4);
         scores.record("a", Outcome::Dropped);
-        assert_eq!(scores.factor("a"), 21);
+        assert_eq!(scores.factor("a"), 1024);
+        for _ in 0..100 {
+            scores.record("b", Outcome::Failed);
+        }
+        assert_eq!(scores.factor("b"), 4u64.pow(20), "bounded");
         for _ in 0..10 {
             scores.record("a", Outcome::Answered);
         }
