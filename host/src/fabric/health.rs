@@ -92,6 +92,6 @@ mod tests {
             scores.record("a", Outcome::Answered);
         }
         assert_eq!(scores.factor("a"), 1);
-        assert_eq!(scores.factor("b"), 1);
+        assert_eq!(scores.factor("c"), 1, "a node never called is not penalised");
     }
 }
