@@ -237,13 +237,17 @@ pub async fn servers_of(node: &TestNode, command: &str) -> Vec<String> {
         .collect()
 }
 
-/// The members `node` knows, with their state.
-pub async fn peer_states(node: &TestNode) -> Vec<(String, String)> {
+/// Every row of `node`'s `weft.peers` report (state, link, in-flight calls, penalty).
+pub async fn peer_rows(node: &TestNode) -> Vec<Value> {
     let client = node.client().await;
     let report = client.call("weft.peers", vec![], Map::new(), &[]).await.unwrap();
-    report["peers"]
-        .as_array()
-        .unwrap()
+    report["peers"].as_array().unwrap().clone()
+}
+
+/// The members `node` knows, with their state.
+pub async fn peer_states(node: &TestNode) -> Vec<(String, String)> {
+    peer_rows(node)
+        .await
         .iter()
         .map(|p| {
             (
@@ -254,17 +258,9 @@ pub async fn peer_states(node: &TestNode) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `node`'s row for peer `id` in its `weft.peers` report (state, link, in-flight calls,
-/// penalty), if it knows the peer.
+/// `node`'s row for peer `id`, if it knows the peer.
 pub async fn peer_row(node: &TestNode, id: &str) -> Option<Value> {
-    let client = node.client().await;
-    let report = client.call("weft.peers", vec![], Map::new(), &[]).await.unwrap();
-    report["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["node"] == id)
-        .cloned()
+    peer_rows(node).await.into_iter().find(|p| p["node"] == id)
 }
 
 /// Every row of `node`'s `weft.catalog` (this cluster's commands by node, other clusters' by
