@@ -267,18 +267,25 @@ async fn two_plugins_claiming_one_command_follow_the_file_name_rule() {
 async fn a_restart_loads_compiled_code_from_the_cache() {
     let cache = tempfile::tempdir().unwrap();
     let cache_arg = format!("--cache-dir={}", cache.path().display());
-    let origin = |node: &TestNode| {
+    let report = |node: &TestNode, field: &'static str| {
         let url = node.url().to_string();
         async move {
             let client = Client::connect(&url).await.unwrap();
-            plugin_report(&client, "math").await["origin"].clone()
+            plugin_report(&client, "math").await[field].clone()
         }
     };
+    let origin = |node: &TestNode| report(node, "origin");
     let node = TestNode::start(&["math"], &[&cache_arg]).await;
     assert_eq!(origin(&node).await, json!("compiled"));
+    // Cranelift's code is cached when it is ready, before the plugin switches to it.
+    assert!(
+        eventually(CHANGE, || async { report(&node, "tier").await == json!("optimized") }).await,
+        "the plugin never switched to cranelift's code"
+    );
     drop(node);
     let node = TestNode::start(&["math"], &[&cache_arg]).await;
     assert_eq!(origin(&node).await, json!("cache"));
+    assert_eq!(report(&node, "tier").await, json!("optimized"));
     assert_eq!(add(&node).await, json!(5));
     drop(node);
     // Corrupt every entry: detected, recompiled, served.
@@ -291,6 +298,58 @@ async fn a_restart_loads_compiled_code_from_the_cache() {
     let node = TestNode::start(&["math"], &[&cache_arg]).await;
     assert_eq!(origin(&node).await, json!("compiled"));
     assert_eq!(add(&node).await, json!(5));
+}
+
+#[tokio::test]
+async fn a_new_plugin_serves_from_baseline_code_then_switches_to_cranelifts_without_a_failed_call() {
+    // The Python example (18 MB): Winch compiles it in seconds, Cranelift (in the background, on
+    // one thread) takes several times longer, so both phases are seen.
+    let node = TestNode::start(&[], &[]).await;
+    let client = node.client().await;
+    install_plugin(node.dir.path(), &plugin_file("textstats"), "textstats.wasm");
+    let text = json!(["the quick fox and the lazy dog and the cat"]);
+    let summary = || async {
+        client
+            .call(
+                "textstats.summary",
+                text.as_array().unwrap().clone(),
+                support::no_kwargs(),
+                &[],
+            )
+            .await
+    };
+    assert!(
+        eventually(Duration::from_secs(60), || async { summary().await.is_ok() }).await,
+        "never served"
+    );
+    let first = plugin_report(&client, "textstats").await;
+    assert_eq!(first["tier"], json!("baseline"), "{first}");
+    assert_eq!(first["origin"], json!("compiled"), "{first}");
+    let answer = summary().await.unwrap();
+    let caller = Caller::start(node.url(), "textstats.summary", text.as_array().unwrap().clone()).await;
+    assert!(
+        eventually(Duration::from_secs(180), || async {
+            plugin_report(&client, "textstats").await["tier"] == json!("optimized")
+        })
+        .await,
+        "the plugin never switched to cranelift's code"
+    );
+    let after = caller.finish().await;
+    all_ok(&after);
+    assert!(
+        after.iter().all(|o| o.as_ref().ok() == Some(&answer)),
+        "answers changed with the code"
+    );
+    // Cranelift's code went to the cache: a restart loads it and compiles nothing.
+    let cache_arg = format!("--cache-dir={}", node.cache.path().display());
+    let restarted = TestNode::start(&["textstats"], &[&cache_arg]).await;
+    let client = restarted.client().await;
+    let report = plugin_report(&client, "textstats").await;
+    assert_eq!(
+        (&report["origin"], &report["tier"]),
+        (&json!("cache"), &json!("optimized")),
+        "{report}"
+    );
 }
 
 async fn add(node: &TestNode) -> Value {

@@ -9,7 +9,7 @@ use serde_json::{json, Map};
 use weft::config::Limits;
 use weft::plugins::{CommandTable, Manifest, Selector, Served};
 use weft::rpc::Executor;
-use weft::runtime::{CallContext, HostCalls, Runtime};
+use weft::runtime::{CallContext, Compilation, HostCalls, Runtime};
 
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -25,7 +25,7 @@ async fn run() -> anyhow::Result<()> {
             instance_reuse: reuse,
             ..Limits::default()
         };
-        let rt = Runtime::new(limits.clone(), None)?;
+        let rt = Runtime::new(limits.clone(), None, Compilation::Optimized)?;
         let plugin = Arc::new(rt.load("math", bytes.clone()).await?);
         let executor = Executor::new(limits.clone(), Vec::new());
         let served = Served {

@@ -26,6 +26,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Where compiled components are kept between runs; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// How plugins missing from the compile cache are compiled.
+    pub compilation: crate::runtime::Compilation,
     /// How the node takes part in the fabric (`advertise_url` empty: the listener's URL).
     pub fabric: Option<FabricConfig>,
     /// The tenants it serves; `None`: an open node, every client sees every command.
@@ -57,7 +59,7 @@ impl Node {
     /// Loads the plugins, binds the listener and starts serving.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
         let runtime = Arc::new(
-            Runtime::new(config.limits.clone(), config.cache_dir.clone())
+            Runtime::new(config.limits.clone(), config.cache_dir.clone(), config.compilation)
                 .context("starting the webassembly runtime")?,
         );
         let executor = Executor::new(config.limits.clone(), config.resources.clone());

@@ -91,6 +91,11 @@ pub async fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
             (Some(origin), Some(ms)) => format!("{origin} {ms:.1} ms"),
             _ => "-".into(),
         };
+        // Baseline code serves until Cranelift's is ready.
+        let origin = match plugin["tier"].as_str() {
+            Some("baseline") => format!("{origin} (baseline code)"),
+            _ => origin,
+        };
         let warm = match (plugin["warm_instances"].as_u64(), plugin["warm_memory_bytes"].as_u64()) {
             (Some(n), Some(bytes)) if n > 0 => format!("  warm {n} ({:.1} MiB)", bytes as f64 / f64::from(1 << 20)),
             _ => String::new(),

@@ -116,6 +116,11 @@ pub struct NodeArgs {
     /// Compile every plugin at every load; keep nothing on disk.
     #[arg(long, conflicts_with = "cache_dir")]
     no_cache: bool,
+    /// How plugins missing from the compile cache are compiled: `tiered` (Winch first, so they
+    /// serve at once, then Cranelift's faster code in the background) or `optimized` (Cranelift
+    /// before serving).
+    #[arg(long, env = "WEFT_COMPILATION", default_value = "tiered")]
+    compilation: weft::runtime::Compilation,
     /// Replicate plugins of other nodes that --replicate-accept accepts: `eager` (as soon as the
     /// catalog shows them) or `on-demand` (at the first call no local plugin serves).
     #[arg(long, env = "WEFT_REPLICATE", default_value = "off")]
@@ -212,6 +217,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         resources,
         limits,
         cache_dir,
+        compilation: args.compilation,
         fabric: Some(fabric),
         tenants,
         tls,

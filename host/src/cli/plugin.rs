@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 
 use weft::config::Limits;
 use weft::fabric::identity::NodeKey;
-use weft::runtime::Runtime;
+use weft::runtime::{Compilation, Runtime};
 use weft::sdk::{self, Lang};
 
 #[derive(Subcommand)]
@@ -148,7 +148,8 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         ..Limits::default()
     };
     let cache_dir = args.cache_dir.or_else(super::default_cache_dir);
-    let runtime = Runtime::new(limits, cache_dir).context("starting the runtime")?;
+    // Cranelift's code goes to the cache, so that nodes sharing it load the plugin at once.
+    let runtime = Runtime::new(limits, cache_dir, Compilation::Optimized).context("starting the runtime")?;
     let step = super::progress::Step::start("checking the contract and compiling");
     let plugin = match runtime.load(&built.name, built.component.clone()).await {
         Ok(plugin) => {

@@ -148,7 +148,7 @@ fn metrics(observed: &Observed) -> String {
         "# HELP weft_plugin_errors Plugins whose last change failed (1) or not (0)."
     );
     let _ = writeln!(out, "# TYPE weft_plugin_errors gauge");
-    for r in reports {
+    for r in &reports {
         let _ = writeln!(
             out,
             "weft_plugin_errors{{plugin=\"{}\"}} {}",
@@ -158,7 +158,7 @@ fn metrics(observed: &Observed) -> String {
     }
     let _ = writeln!(out, "# HELP weft_warm_instances Idle instances kept warm, by plugin.");
     let _ = writeln!(out, "# TYPE weft_warm_instances gauge");
-    for r in reports {
+    for r in &reports {
         let _ = writeln!(
             out,
             "weft_warm_instances{{plugin=\"{}\"}} {}",
@@ -171,7 +171,7 @@ fn metrics(observed: &Observed) -> String {
         "# HELP weft_warm_memory_bytes Linear memory held by idle warm instances, by plugin."
     );
     let _ = writeln!(out, "# TYPE weft_warm_memory_bytes gauge");
-    for r in reports {
+    for r in &reports {
         let _ = writeln!(
             out,
             "weft_warm_memory_bytes{{plugin=\"{}\"}} {}",

@@ -531,7 +531,6 @@ impl PluginDir {
                 })
             })
             .collect();
-        let warm = entry.plugin.as_ref().map_or((0, 0), |p| p.warm());
         PluginReport {
             name: name.to_string(),
             file: match &entry.replica {
@@ -541,14 +540,17 @@ impl PluginDir {
             state,
             digest: entry.plugin.as_ref().map(|p| p.digest().to_string()),
             origin: entry.plugin.as_ref().map(|p| p.origin()),
+            tier: entry.plugin.as_ref().map(|p| p.tier()),
             compile_ms: entry.plugin.as_ref().map(|p| p.compile_time().as_secs_f64() * 1000.0),
             description: entry.manifest.description.clone(),
             commands,
             last_error: (!errors.is_empty()).then(|| errors.join("; ")),
             replica_of: entry.replica.as_ref().map(|r| r.origin.to_string()),
             fetches: entry.replica.as_ref().map_or(0, |r| r.fetches),
-            warm_instances: warm.0,
-            warm_memory_bytes: warm.1,
+            // Filled in when the report is read.
+            warm_instances: 0,
+            warm_memory_bytes: 0,
+            plugin: entry.plugin.clone(),
         }
     }
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::manifest::PluginSettings;
 use crate::error::CommandError;
-use crate::runtime::{Origin, Plugin};
+use crate::runtime::{Origin, Plugin, Tier};
 
 /// A command served by a plugin on this node.
 #[derive(Clone)]
@@ -79,6 +79,8 @@ pub struct PluginReport {
     pub digest: Option<String>,
     /// `compiled` or `cache`.
     pub origin: Option<Origin>,
+    /// `baseline` (Winch's code, until Cranelift's is ready) or `optimized`.
+    pub tier: Option<Tier>,
     pub compile_ms: Option<f64>,
     pub description: Option<String>,
     pub commands: Vec<CommandReport>,
@@ -90,6 +92,21 @@ pub struct PluginReport {
     /// Idle instances kept warm for the next calls, and the linear memory they hold.
     pub warm_instances: usize,
     pub warm_memory_bytes: usize,
+    /// The loaded plugin, for what changes between tables (its code's tier, warm instances).
+    #[serde(skip)]
+    pub plugin: Option<Arc<Plugin>>,
+}
+
+impl PluginReport {
+    /// This report with the code's tier and the warm instances as they are now.
+    fn now(&self) -> PluginReport {
+        let mut report = self.clone();
+        if let Some(plugin) = &self.plugin {
+            report.tier = Some(plugin.tier());
+            (report.warm_instances, report.warm_memory_bytes) = plugin.warm();
+        }
+        report
+    }
 }
 
 /// One command in a [`PluginReport`].
@@ -184,9 +201,9 @@ impl CommandTable {
         self
     }
 
-    /// What is known of every plugin file.
-    pub fn reports(&self) -> &[PluginReport] {
-        &self.reports
+    /// What is known of every plugin file, as of now.
+    pub fn reports(&self) -> Vec<PluginReport> {
+        self.reports.iter().map(PluginReport::now).collect()
     }
 
     /// Whether `plugin` serves command `name` in this table.

@@ -401,7 +401,7 @@ impl Executor {
                     let table = self.table();
                     let reports: Vec<_> = table
                         .reports()
-                        .iter()
+                        .into_iter()
                         .filter(|r| {
                             selector
                                 .tenant

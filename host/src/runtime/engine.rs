@@ -11,7 +11,7 @@ use super::bindings::CommandPlugin;
 use super::cache::{CompileCache, Origin};
 use super::host::HostState;
 use super::idle::IdlePool;
-use super::plugin::Plugin;
+use super::plugin::{Code, Plugin, Tier};
 use crate::config::{Limits, EPOCH_TICK};
 
 /// Why the runtime or a plugin could not be set up.
@@ -31,10 +31,55 @@ pub enum RuntimeError {
     Commands { name: String, reason: String },
 }
 
-/// State shared by the runtime and every plugin it loaded.
-pub(crate) struct Shared {
+/// An engine and the linker of the plugin contract for it.
+pub(crate) struct Backend {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<HostState>,
+}
+
+impl Backend {
+    fn new(engine: Engine) -> Result<Self, RuntimeError> {
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Engine(format!("adding WASI to the linker: {e:#}")))?;
+        CommandPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(|e| RuntimeError::Engine(format!("adding weft:plugin/host to the linker: {e:#}")))?;
+        Ok(Backend { engine, linker })
+    }
+}
+
+/// How a plugin the compile cache does not hold is compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compilation {
+    /// With the baseline compiler (Winch) first, which compiles about ten times faster: the
+    /// plugin serves at once, and is swapped for Cranelift's code (which runs faster, and goes
+    /// to the cache) when that is ready. Where Winch is not available, as `Optimized`.
+    #[default]
+    Tiered,
+    /// With Cranelift only, before the plugin serves.
+    Optimized,
+}
+
+impl std::str::FromStr for Compilation {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "tiered" => Ok(Compilation::Tiered),
+            "optimized" => Ok(Compilation::Optimized),
+            other => Err(format!("`{other}` is not a compilation mode (tiered, optimized)")),
+        }
+    }
+}
+
+/// State shared by the runtime and every plugin it loaded.
+pub(crate) struct Shared {
+    /// Cranelift, with the pooling allocator: the code plugins run on for good.
+    pub(crate) optimized: Backend,
+    /// Winch, with on-demand allocation: the code a plugin runs on until Cranelift's is ready.
+    pub(crate) baseline: Option<Backend>,
+    /// One background compilation at a time, so that they never crowd out calls.
+    pub(crate) optimizing: Semaphore,
     pub(crate) limits: Limits,
     /// Instances running a call (or being created); half of the instance capacity.
     pub(crate) active: Semaphore,
@@ -53,55 +98,76 @@ impl Runtime {
     /// Creates the engine (pooling allocator when the machine allows it), the linker with WASI
     /// and the `weft:plugin/host` interface, and starts the epoch ticker.
     /// `cache_dir`: where compiled components are kept between runs (none: always compile).
-    pub fn new(limits: Limits, cache_dir: Option<std::path::PathBuf>) -> Result<Self, RuntimeError> {
-        let engine = build_engine(&limits)?;
-        let mut linker = Linker::<HostState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| RuntimeError::Engine(format!("adding WASI to the linker: {e:#}")))?;
-        CommandPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
-            .map_err(|e| RuntimeError::Engine(format!("adding weft:plugin/host to the linker: {e:#}")))?;
-
-        let ticker = Ticker::start(engine.clone())?;
+    pub fn new(
+        limits: Limits,
+        cache_dir: Option<std::path::PathBuf>,
+        compilation: Compilation,
+    ) -> Result<Self, RuntimeError> {
+        let baseline = match compilation {
+            Compilation::Tiered => baseline_engine().map(Backend::new).transpose()?,
+            Compilation::Optimized => None,
+        };
+        // Behind a baseline compiler, Cranelift compiles in the background on one thread: on
+        // the shared thread pool its work would queue ahead of (and starve) the next plugin's
+        // baseline compile.
+        let optimized = Backend::new(build_engine(&limits, baseline.is_none())?)?;
+        let mut engines = vec![optimized.engine.clone()];
+        engines.extend(baseline.as_ref().map(|b| b.engine.clone()));
+        let ticker = Ticker::start(engines)?;
 
         let half = (limits.max_instances / 2).max(1) as usize;
         let shared = Arc::new(Shared {
-            engine,
-            linker,
+            optimized,
+            baseline,
+            optimizing: Semaphore::new(1),
             active: Semaphore::new(half),
             idle: IdlePool::new(half),
             limits,
             ticker,
         });
-        let cache = cache_dir.map(|dir| CompileCache::new(dir, &shared.engine));
+        let cache = cache_dir.map(|dir| CompileCache::new(dir, &shared.optimized.engine));
         Ok(Runtime { shared, cache })
     }
 
     /// Compiles a component (or loads its compilation from the cache) and prepares it for
     /// instantiation: validates that it fits the contract and asks it for its commands.
-    /// Compilation runs off the async workers.
+    /// Compilation runs off the async workers. A plugin compiled by the baseline compiler is
+    /// swapped for Cranelift's code in the background (see [`Compilation::Tiered`]).
     #[tracing::instrument(skip(self, bytes), fields(size = bytes.len()))]
     pub async fn load(&self, name: &str, bytes: Vec<u8>) -> Result<Plugin, RuntimeError> {
-        let engine = self.shared.engine.clone();
+        let optimized = self.shared.optimized.engine.clone();
+        let baseline = self.shared.baseline.as_ref().map(|b| b.engine.clone());
         let cache = self.cache.clone();
         let digest = super::plugin::digest(&bytes);
         let key = digest.clone();
+        let plugin_name = name.to_string();
         let started = std::time::Instant::now();
-        let compiled = tokio::task::spawn_blocking(move || -> Result<(Component, Origin), String> {
-            if let Some(component) = cache.as_ref().and_then(|c| c.load(&engine, &key)) {
-                return Ok((component, Origin::Cache));
+        let compiled = tokio::task::spawn_blocking(move || -> Result<(Component, Tier, Origin, Vec<u8>), String> {
+            if let Some(component) = cache.as_ref().and_then(|c| c.load(&optimized, &key)) {
+                return Ok((component, Tier::Optimized, Origin::Cache, bytes));
             }
-            let component = Component::new(&engine, &bytes).map_err(|e| format!("{e:#}"))?;
+            if let Some(baseline) = &baseline {
+                match Component::new(baseline, &bytes) {
+                    Ok(component) => return Ok((component, Tier::Baseline, Origin::Compiled, bytes)),
+                    Err(e) => tracing::debug!(
+                        plugin = %plugin_name,
+                        error = %format!("{e:#}"),
+                        "the baseline compiler refused the component; compiling with cranelift"
+                    ),
+                }
+            }
+            let component = Component::new(&optimized, &bytes).map_err(|e| format!("{e:#}"))?;
             if let Some(cache) = &cache {
                 cache.store(&key, &component);
             }
-            Ok((component, Origin::Compiled))
+            Ok((component, Tier::Optimized, Origin::Compiled, bytes))
         })
         .await
         .map_err(|e| RuntimeError::Compile {
             name: name.to_string(),
             reason: e.to_string(),
         })?;
-        let (component, origin) = compiled.map_err(|reason| RuntimeError::Compile {
+        let (component, tier, origin, bytes) = compiled.map_err(|reason| RuntimeError::Compile {
             name: name.to_string(),
             reason,
         })?;
@@ -109,18 +175,78 @@ impl Runtime {
         tracing::debug!(
             plugin = name,
             ?origin,
+            ?tier,
             elapsed_ms = compile_time.as_millis() as u64,
             "compiled"
         );
-        Plugin::prepare(
+        let code = Code::new(&self.shared, name, component, tier)?;
+        let plugin = Plugin::prepare(
             self.shared.clone(),
             name.to_string(),
             digest,
-            component,
+            code,
             origin,
             compile_time,
         )
-        .await
+        .await?;
+        if tier == Tier::Baseline {
+            self.optimize_later(&plugin, bytes);
+        }
+        Ok(plugin)
+    }
+
+    /// Compiles `plugin`'s component with Cranelift in the background, stores it in the cache
+    /// and swaps it in: calls in flight finish on the baseline code, later ones run the new.
+    fn optimize_later(&self, plugin: &Plugin, bytes: Vec<u8>) {
+        let shared = self.shared.clone();
+        let cache = self.cache.clone();
+        let target = plugin.upgrade_handle();
+        let name = plugin.name().to_string();
+        let key = plugin.digest().to_string();
+        tokio::spawn(async move {
+            let Ok(_turn) = shared.optimizing.acquire().await else {
+                return;
+            };
+            // A plugin replaced or withdrawn meanwhile needs no better code.
+            if !target.wanted() {
+                return;
+            }
+            let engine = shared.optimized.engine.clone();
+            let started = std::time::Instant::now();
+            // A thread of its own rather than the blocking pool: the node does not wait for it
+            // when it stops.
+            let (done, compiled) = tokio::sync::oneshot::channel();
+            let spawned = std::thread::Builder::new().name("weft-optimize".into()).spawn(move || {
+                let compiled = Component::new(&engine, &bytes).map_err(|e| format!("{e:#}"));
+                if let (Ok(component), Some(cache)) = (&compiled, &cache) {
+                    cache.store(&key, component);
+                }
+                let _ = done.send(compiled);
+            });
+            let compiled = match spawned {
+                Ok(_) => compiled
+                    .await
+                    .map_err(|_| "the compiling thread ended without an answer".to_string())
+                    .and_then(|compiled| compiled),
+                Err(e) => Err(format!("starting a compiling thread: {e}")),
+            };
+            let upgraded = compiled
+                .and_then(|component| Code::new(&shared, &name, component, Tier::Optimized).map_err(|e| e.to_string()))
+                .map(|code| target.upgrade(code));
+            match upgraded {
+                Ok(true) => tracing::info!(
+                    plugin = %name,
+                    compile_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "plugin now runs cranelift's code"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    plugin = %name,
+                    error = %e,
+                    "cranelift could not compile the plugin; its baseline code keeps serving"
+                ),
+            }
+        });
     }
 
     /// The limits every call runs under.
@@ -135,8 +261,10 @@ impl Drop for Runtime {
     }
 }
 
-fn build_engine(limits: &Limits) -> Result<Engine, RuntimeError> {
+/// Cranelift's engine; `parallel`: compile a component's functions on all cores.
+fn build_engine(limits: &Limits, parallel: bool) -> Result<Engine, RuntimeError> {
     let mut config = base_config();
+    config.parallel_compilation(parallel);
     let mut pooling = PoolingAllocationConfig::default();
     let instances = limits.max_instances.max(2);
     pooling
@@ -164,7 +292,26 @@ fn build_engine(limits: &Limits) -> Result<Engine, RuntimeError> {
                 "the pooling allocator is unavailable on this machine; falling back to on-demand \
                  instance allocation (slower instantiation)"
             );
-            Engine::new(&base_config()).map_err(|e| RuntimeError::Engine(format!("{e:#}")))
+            let mut config = base_config();
+            config.parallel_compilation(parallel);
+            Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))
+        }
+    }
+}
+
+/// The baseline compiler's engine, where Winch supports the machine (x86_64); `None` elsewhere
+/// or when it cannot be created (plugins are then compiled by Cranelift only).
+fn baseline_engine() -> Option<Engine> {
+    if !cfg!(target_arch = "x86_64") {
+        return None;
+    }
+    let mut config = base_config();
+    config.strategy(wasmtime::Strategy::Winch);
+    match Engine::new(&config) {
+        Ok(engine) => Some(engine),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no baseline compiler; plugins are compiled by cranelift before they serve");
+            None
         }
     }
 }
@@ -179,7 +326,7 @@ fn base_config() -> Config {
     config
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] while guest code may run, and sleeps
+/// Advances the engines' epochs every [`EPOCH_TICK`] while guest code may run, and sleeps
 /// otherwise: an idle node costs no wake-ups.
 pub(crate) struct Ticker {
     /// Calls and instantiations running now.
@@ -192,7 +339,7 @@ pub(crate) struct Ticker {
 pub(crate) struct Ticking(Arc<Ticker>);
 
 impl Ticker {
-    fn start(engine: Engine) -> Result<Arc<Ticker>, RuntimeError> {
+    fn start(engines: Vec<Engine>) -> Result<Arc<Ticker>, RuntimeError> {
         let ticker = Arc::new(Ticker {
             running: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
@@ -209,7 +356,9 @@ impl Ticker {
                         continue;
                     }
                     std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+                    for engine in &engines {
+                        engine.increment_epoch();
+                    }
                 }
             })
             .map_err(|e| RuntimeError::Engine(format!("starting the epoch ticker: {e}")))?;

@@ -19,6 +19,8 @@ pub(crate) struct Warm {
     pub(crate) uses: u32,
     /// What it was instantiated with.
     pub(crate) grants: Option<std::sync::Arc<super::Grants>>,
+    /// The code it runs.
+    pub(crate) code: std::sync::Arc<super::plugin::Code>,
 }
 
 /// Idle instances of every plugin, bounded in number.

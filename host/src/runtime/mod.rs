@@ -1,4 +1,5 @@
-//! The WebAssembly runtime: one wasmtime [`Engine`](wasmtime::Engine) per node, plugin
+//! The WebAssembly runtime: a wasmtime [`Engine`](wasmtime::Engine) per compiler (Cranelift,
+//! and Winch for a fast first compile), plugin
 //! components compiled once and instantiated from an `InstancePre`, per-call deadlines by
 //! epoch interruption, a memory limit per instance, and WASI with nothing granted.
 //!
@@ -21,8 +22,8 @@ use tokio::time::Instant;
 use crate::error::CommandError;
 
 pub use cache::Origin;
-pub use engine::{Runtime, RuntimeError};
-pub use plugin::{digest, digest_off_thread, CommandSpec, Plugin};
+pub use engine::{Compilation, Runtime, RuntimeError};
+pub use plugin::{digest, digest_off_thread, CommandSpec, Plugin, Tier};
 
 /// A future returned by [`HostCalls::call`].
 pub type CallFuture = Pin<Box<dyn Future<Output = Result<String, CommandError>> + Send>>;

@@ -8,12 +8,12 @@
 //! instance. `docs/runtime.md` has the measurements behind the default.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, Weak};
 
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use wasmtime::component::Component;
-use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
+use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 
 use super::bindings::CommandPluginPre;
 use super::cache::Origin;
@@ -42,12 +42,96 @@ pub struct CommandSpec {
     pub params: Vec<String>,
 }
 
+/// Which compiler produced the code a plugin runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tier {
+    /// Winch: compiled fast, runs slower; replaced by `Optimized` once that is compiled.
+    Baseline,
+    /// Cranelift.
+    Optimized,
+}
+
+/// A plugin's compiled code, ready to instantiate, and the engine it runs on.
+pub(crate) struct Code {
+    engine: Engine,
+    pre: CommandPluginPre<HostState>,
+    tier: Tier,
+}
+
+impl Code {
+    /// Links `component` (compiled by `tier`'s engine) against the plugin contract.
+    pub(crate) fn new(
+        shared: &Shared,
+        name: &str,
+        component: Component,
+        tier: Tier,
+    ) -> Result<Arc<Code>, RuntimeError> {
+        let backend = match tier {
+            Tier::Optimized => &shared.optimized,
+            Tier::Baseline => shared.baseline.as_ref().unwrap_or(&shared.optimized),
+        };
+        let link_err = |e: wasmtime::Error| RuntimeError::Link {
+            name: name.to_string(),
+            reason: format!("{e:#}"),
+        };
+        let pre = backend.linker.instantiate_pre(&component).map_err(link_err)?;
+        let pre = CommandPluginPre::new(pre).map_err(link_err)?;
+        Ok(Arc::new(Code {
+            engine: backend.engine.clone(),
+            pre,
+            tier,
+        }))
+    }
+}
+
+/// The code a plugin runs now; swapped once when baseline code is replaced.
+type CodeCell = RwLock<Arc<Code>>;
+
+/// Swaps better code into a plugin, if the plugin still exists.
+pub(crate) struct Upgrade {
+    cell: Weak<CodeCell>,
+    plugin: u64,
+    shared: Arc<Shared>,
+}
+
+impl Upgrade {
+    /// Whether the plugin is still loaded.
+    pub(crate) fn wanted(&self) -> bool {
+        self.cell.strong_count() > 0
+    }
+
+    /// Makes `code` the plugin's code, and drops its idle instances of the old code; false when
+    /// the plugin is gone.
+    pub(crate) fn upgrade(&self, code: Arc<Code>) -> bool {
+        let Some(cell) = self.cell.upgrade() else {
+            return false;
+        };
+        match cell.write() {
+            Ok(mut current) => *current = code,
+            Err(poisoned) => *poisoned.into_inner() = code,
+        }
+        self.shared.idle.clear(self.plugin);
+        true
+    }
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .field("tier", &self.tier())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A compiled, validated plugin component.
 pub struct Plugin {
     name: Arc<str>,
     digest: String,
     commands: Vec<CommandSpec>,
-    pre: CommandPluginPre<HostState>,
+    code: Arc<CodeCell>,
     /// Identifies the plugin's instances in the node's idle pool.
     id: u64,
     origin: Origin,
@@ -76,21 +160,15 @@ impl Plugin {
         shared: Arc<Shared>,
         name: String,
         digest: String,
-        component: Component,
+        code: Arc<Code>,
         origin: Origin,
         compile_time: std::time::Duration,
     ) -> Result<Plugin, RuntimeError> {
-        let link_err = |e: wasmtime::Error| RuntimeError::Link {
-            name: name.clone(),
-            reason: format!("{e:#}"),
-        };
-        let pre = shared.linker.instantiate_pre(&component).map_err(link_err)?;
-        let pre = CommandPluginPre::new(pre).map_err(link_err)?;
         let mut plugin = Plugin {
             name: Arc::from(name.as_str()),
             digest,
             commands: Vec::new(),
-            pre,
+            code: Arc::new(RwLock::new(code)),
             id: NEXT_PLUGIN_ID.fetch_add(1, Ordering::Relaxed),
             origin,
             compile_time,
@@ -143,6 +221,27 @@ impl Plugin {
     /// Whether the component was compiled or came from the compile cache.
     pub fn origin(&self) -> Origin {
         self.origin
+    }
+
+    /// Which compiler produced the code the plugin runs now.
+    pub fn tier(&self) -> Tier {
+        self.code().tier
+    }
+
+    fn code(&self) -> Arc<Code> {
+        match self.code.read() {
+            Ok(code) => code.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// A handle to swap better code in later.
+    pub(crate) fn upgrade_handle(&self) -> Upgrade {
+        Upgrade {
+            cell: Arc::downgrade(&self.code),
+            plugin: self.id,
+            shared: self.shared.clone(),
+        }
     }
 
     /// How long compiling (or loading from the cache) took.
@@ -282,6 +381,7 @@ impl Plugin {
     /// A new instance, with `grants` (none: nothing of the host is visible to it).
     async fn instantiate(&self, deadline: Instant, grants: Option<Arc<Grants>>) -> Result<Warm, String> {
         let _ticking = self.shared.ticker.ticking();
+        let code = self.code();
         loop {
             let state = HostState::new(
                 self.name.clone(),
@@ -289,7 +389,7 @@ impl Plugin {
                 deadline,
                 grants.as_deref(),
             )?;
-            let mut store = Store::new(&self.shared.engine, state);
+            let mut store = Store::new(&code.engine, state);
             store.limiter(|state| &mut state.limiter);
             store.epoch_deadline_callback(|ctx| {
                 if Instant::now() >= ctx.data().deadline {
@@ -299,7 +399,7 @@ impl Plugin {
                 }
             });
             store.set_epoch_deadline(1);
-            match self.pre.instantiate_async(&mut store).await {
+            match code.pre.instantiate_async(&mut store).await {
                 Ok(bindings) => {
                     let limiter = &mut store.data_mut().limiter;
                     limiter.initial = limiter.current;
@@ -308,6 +408,7 @@ impl Plugin {
                         bindings,
                         uses: 0,
                         grants,
+                        code: code.clone(),
                     });
                 }
                 // The pool is full: idle instances give way to a call.
@@ -319,8 +420,9 @@ impl Plugin {
         }
     }
 
-    /// An idle instance made with the same grants; one made with others (the sidecar changed,
-    /// or it is the instance that answered `describe`) is dropped.
+    /// An idle instance made with the same grants and of the current code; one made with other
+    /// grants (the sidecar changed, or it is the instance that answered `describe`) or of
+    /// replaced code is dropped.
     fn take_idle(&self, grants: Option<&Arc<Grants>>) -> Option<Warm> {
         let warm = self.shared.idle.take(self.id)?;
         let same = match (warm.grants.as_ref(), grants) {
@@ -328,12 +430,19 @@ impl Plugin {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
             _ => false,
         };
-        same.then_some(warm)
+        (same && self.is_current(&warm)).then_some(warm)
+    }
+
+    fn is_current(&self, warm: &Warm) -> bool {
+        match self.code.read() {
+            Ok(code) => Arc::ptr_eq(&warm.code, &code),
+            Err(poisoned) => Arc::ptr_eq(&warm.code, &poisoned.into_inner()),
+        }
     }
 
     /// Keeps a healthy instance warm, unless it has served its share of calls or grew.
     fn release(&self, warm: Warm, reuse: u32) {
-        if warm.uses >= reuse {
+        if warm.uses >= reuse || !self.is_current(&warm) {
             return;
         }
         // An instance whose memory grew past twice its size after instantiation would keep
