@@ -1,7 +1,8 @@
 //! Plugin directory timings: `cargo bench --bench reload` (after `scripts/build-plugins`).
 //!
 //! - time from a component renamed into the watched directory to the first call it serves,
-//!   with the compile cache disabled (cold) and with a warm cache;
+//!   with the compile cache disabled (cold: Winch first, as nodes do by default, and Cranelift
+//!   only, `--compilation optimized`) and with a warm cache;
 //! - node start-up to serving with 20 cached plugins, next to a node with none;
 //! - calls per 100 ms while the served plugin is replaced every 300 ms under load.
 
@@ -15,6 +16,13 @@ use weft::net::Client;
 use weft::node::NodeProcess;
 
 const ROUNDS: usize = 7;
+
+/// The cases of a drop: label, compile cache, `--compilation`.
+const COLD_AND_WARM: [(&str, bool, &str); 3] = [
+    ("cold (no cache), tiered", false, "tiered"),
+    ("cold (no cache), cranelift only", false, "optimized"),
+    ("warm cache", true, "tiered"),
+];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -30,8 +38,8 @@ async fn main() -> anyhow::Result<()> {
         command: "math.add",
         args: json!([1, 2]),
     };
-    for (label, cache) in [("cold (no cache)", false), ("warm cache", true)] {
-        let times = drop_to_first_call(&math, &rust, cache, ROUNDS).await?;
+    for (label, cache, compilation) in COLD_AND_WARM {
+        let times = drop_to_first_call(&math, &rust, cache, compilation, ROUNDS).await?;
         println!(
             "drop → first call, Rust math.wasm ({} KB), {label}: {}",
             math.len() / 1000,
@@ -45,8 +53,9 @@ async fn main() -> anyhow::Result<()> {
             command: "textstats.summary",
             args: json!(["one two"]),
         };
-        for (label, cache, rounds) in [("cold (no cache)", false, 3), ("warm cache", true, ROUNDS)] {
-            let times = drop_to_first_call(&textstats, &python, cache, rounds).await?;
+        for (label, cache, compilation) in COLD_AND_WARM {
+            let rounds = if cache { ROUNDS } else { 3 };
+            let times = drop_to_first_call(&textstats, &python, cache, compilation, rounds).await?;
             println!(
                 "drop → first call, Python textstats.wasm ({:.1} MB), {label}: {}",
                 textstats.len() as f64 / 1e6,
@@ -93,7 +102,7 @@ fn variant(component: &[u8], tag: u32) -> Vec<u8> {
     bytes
 }
 
-async fn start(dir: &Path, cache: Option<&Path>) -> anyhow::Result<NodeProcess> {
+async fn start(dir: &Path, cache: Option<&Path>, compilation: &str) -> anyhow::Result<NodeProcess> {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_weft"));
     let cache_arg = cache.map_or("--no-cache".to_string(), |c| format!("--cache-dir={}", c.display()));
     let args = vec![
@@ -101,6 +110,7 @@ async fn start(dir: &Path, cache: Option<&Path>) -> anyhow::Result<NodeProcess> 
         "--listen=127.0.0.1:0".into(),
         format!("--plugins={}", dir.display()),
         cache_arg,
+        format!("--compilation={compilation}"),
     ];
     NodeProcess::spawn(&exe, &args, Duration::from_secs(60)).await
 }
@@ -123,16 +133,18 @@ async fn drop_to_first_call(
     component: &[u8],
     probe: &Probe,
     cache: bool,
+    compilation: &str,
     rounds: usize,
 ) -> anyhow::Result<Vec<Duration>> {
     let dir = tempfile::tempdir()?;
     let cache_dir = tempfile::tempdir()?;
-    let node = start(dir.path(), cache.then_some(cache_dir.path())).await?;
+    let node = start(dir.path(), cache.then_some(cache_dir.path()), compilation).await?;
     let client = Client::connect(node.url()).await?;
     if cache {
-        // Fill the cache once.
+        // Fill the cache once: Cranelift's code is stored before the plugin switches to it.
         install(dir.path(), component, probe.file)?;
         wait_for(&client, probe, true).await?;
+        wait_optimized(&client, probe).await?;
         std::fs::remove_file(dir.path().join(probe.file))?;
         wait_for(&client, probe, false).await?;
     }
@@ -152,6 +164,24 @@ async fn drop_to_first_call(
         wait_for(&client, probe, false).await?;
     }
     Ok(times)
+}
+
+/// Waits until the probe's plugin runs Cranelift's code.
+async fn wait_optimized(client: &Client, probe: &Probe) -> anyhow::Result<()> {
+    let name = probe.file.trim_end_matches(".wasm");
+    let until = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < until {
+        let plugins = client.call("weft.plugins", vec![], Map::new(), &[]).await?;
+        let tier = plugins
+            .as_array()
+            .and_then(|all| all.iter().find(|p| p["name"] == name))
+            .map(|p| p["tier"].clone());
+        if tier == Some(json!("optimized")) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("{name} never switched to cranelift's code")
 }
 
 /// Polls the probe's call every millisecond until it succeeds (or no longer does).
@@ -179,15 +209,15 @@ async fn startup(math: &[u8]) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> 
     for i in 0..20 {
         std::fs::write(dir.path().join(format!("plugin{i:02}.wasm")), variant(math, 1000 + i))?;
     }
-    // Fill the cache.
-    drop(start(dir.path(), Some(cache.path())).await?);
+    // Fill the cache (Cranelift before serving, so every plugin is in it when the node serves).
+    drop(start(dir.path(), Some(cache.path()), "optimized").await?);
     let (mut empty, mut twenty) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let started = Instant::now();
-        drop(start(empty_dir.path(), Some(cache.path())).await?);
+        drop(start(empty_dir.path(), Some(cache.path()), "tiered").await?);
         empty.push(started.elapsed());
         let started = Instant::now();
-        drop(start(dir.path(), Some(cache.path())).await?);
+        drop(start(dir.path(), Some(cache.path()), "tiered").await?);
         twenty.push(started.elapsed());
     }
     Ok((empty, twenty))
@@ -197,7 +227,7 @@ async fn reload_under_load(math: &[u8]) -> anyhow::Result<Vec<u64>> {
     let dir = tempfile::tempdir()?;
     let cache = tempfile::tempdir()?;
     install(dir.path(), math, "math.wasm")?;
-    let node = start(dir.path(), Some(cache.path())).await?;
+    let node = start(dir.path(), Some(cache.path()), "tiered").await?;
     let client = Arc::new(Client::connect(node.url()).await?);
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
