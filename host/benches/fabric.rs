@@ -79,11 +79,18 @@ async fn run(n: usize, math: &Path) -> anyhow::Result<()> {
         dirs.push((dir, data));
     }
     let started = Instant::now();
-    let processes = futures_util::future::join_all(spawns).await;
+    let processes = futures_util::future::join_all(spawns)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    // Every process has printed its URL.
+    let all_up = started.elapsed();
+    // The clients connect all at once: one after another, on a machine this busy, they took
+    // about 0.1 s each, which the figure used to include.
+    let clients = futures_util::future::join_all(processes.iter().map(|p| Client::connect(p.url()))).await;
     let mut nodes: Vec<Node> = Vec::new();
-    for (i, (process, (dir, data))) in processes.into_iter().zip(dirs).enumerate() {
-        let process = process?;
-        let client = Client::connect(process.url()).await?;
+    for (i, ((process, client), (dir, data))) in processes.into_iter().zip(clients).zip(dirs).enumerate() {
+        let client = client?;
         nodes.push(Node {
             process,
             dir,
@@ -92,8 +99,10 @@ async fn run(n: usize, math: &Path) -> anyhow::Result<()> {
             id: format!("n{i:03}"),
         });
     }
-    let all_up = started.elapsed();
-    wait_all(&nodes, Duration::from_secs(60), |peers, _| alive(peers) == n - 1).await?;
+    wait_all(&nodes, Read::Peers, Duration::from_secs(60), |peers, _| {
+        alive(peers) == n - 1
+    })
+    .await?;
     let discovery = started.elapsed();
     let mut links = 0;
     for node in &nodes {
@@ -127,7 +136,7 @@ async fn run(n: usize, math: &Path) -> anyhow::Result<()> {
     std::fs::copy(math, &tmp)?;
     let dropped = Instant::now();
     std::fs::rename(&tmp, nodes[0].dir.path().join("math.wasm"))?;
-    wait_all(&nodes, Duration::from_secs(30), |_, catalog| {
+    wait_all(&nodes, Read::Catalog, Duration::from_secs(30), |_, catalog| {
         serves(catalog, "math.add", "n000")
     })
     .await?;
@@ -165,7 +174,7 @@ async fn run(n: usize, math: &Path) -> anyhow::Result<()> {
             .collect();
         let at = Instant::now();
         std::process::Command::new("kill").args([signal, &pid]).status()?;
-        wait_all_refs(&observers, Duration::from_secs(30), |peers, _| {
+        wait_all_refs(&observers, Read::Peers, Duration::from_secs(30), |peers, _| {
             state(peers, &id) == Some("dead")
         })
         .await?;
@@ -190,13 +199,19 @@ async fn run(n: usize, math: &Path) -> anyhow::Result<()> {
     let names = |side: &[&Node]| side.iter().map(|n| n.id.clone()).collect::<Vec<_>>();
     let (left_ids, right_ids) = (names(left), names(right));
     let none_alive = |of: &[String], peers: &Value| of.iter().all(|id| state(peers, id) != Some("alive"));
-    wait_all_refs(left, Duration::from_secs(30), |peers, _| none_alive(&right_ids, peers)).await?;
-    wait_all_refs(right, Duration::from_secs(30), |peers, _| none_alive(&left_ids, peers)).await?;
+    wait_all_refs(left, Read::Peers, Duration::from_secs(30), |peers, _| {
+        none_alive(&right_ids, peers)
+    })
+    .await?;
+    wait_all_refs(right, Read::Peers, Duration::from_secs(30), |peers, _| {
+        none_alive(&left_ids, peers)
+    })
+    .await?;
     let at = Instant::now();
     fault(left, right, "restore").await?;
     let restored = at.elapsed();
     let all_ids: Vec<String> = live.iter().map(|n| n.id.clone()).collect();
-    wait_all_refs(&live, Duration::from_secs(30), |peers, catalog| {
+    wait_all_refs(&live, Read::Both, Duration::from_secs(30), |peers, catalog| {
         let me = peers["node"].as_str().unwrap_or_default();
         all_ids.iter().all(|id| id == me || state(peers, id) == Some("alive")) && serves(catalog, "math.add", "n000")
     })
@@ -214,7 +229,7 @@ async fn run(n: usize, math: &Path) -> anyhow::Result<()> {
         .collect();
     let at = Instant::now();
     std::process::Command::new("kill").args(["-TERM", &pid]).status()?;
-    wait_all_refs(&observers, Duration::from_secs(30), |peers, _| {
+    wait_all_refs(&observers, Read::Peers, Duration::from_secs(30), |peers, _| {
         state(peers, &id) == Some("left")
     })
     .await?;
@@ -243,14 +258,33 @@ async fn fault(left: &[&Node], right: &[&Node], action: &str) -> anyhow::Result<
     Ok(())
 }
 
-async fn wait_all(nodes: &[Node], limit: Duration, done: impl Fn(&Value, &Value) -> bool) -> anyhow::Result<()> {
+/// What a wait reads of every node: only that is asked for, since on a busy machine every reply
+/// (100 nodes' peer lists every 50 ms) slows the fabric it measures.
+#[derive(Clone, Copy)]
+enum Read {
+    Peers,
+    Catalog,
+    Both,
+}
+
+async fn wait_all(
+    nodes: &[Node],
+    read: Read,
+    limit: Duration,
+    done: impl Fn(&Value, &Value) -> bool,
+) -> anyhow::Result<()> {
     let refs: Vec<&Node> = nodes.iter().collect();
-    wait_all_refs(&refs, limit, done).await
+    wait_all_refs(&refs, read, limit, done).await
 }
 
 /// Polls every node's `weft.peers` and `weft.catalog` (all at once, every 5 ms per 10 nodes, so
 /// that polling does not load the machine more with more nodes) until `done` holds for all.
-async fn wait_all_refs(nodes: &[&Node], limit: Duration, done: impl Fn(&Value, &Value) -> bool) -> anyhow::Result<()> {
+async fn wait_all_refs(
+    nodes: &[&Node],
+    read: Read,
+    limit: Duration,
+    done: impl Fn(&Value, &Value) -> bool,
+) -> anyhow::Result<()> {
     let until = Instant::now() + limit;
     let mut pending: Vec<&Node> = nodes.to_vec();
     while !pending.is_empty() {
@@ -266,8 +300,14 @@ async fn wait_all_refs(nodes: &[&Node], limit: Duration, done: impl Fn(&Value, &
             );
         }
         let checks = pending.iter().map(|node| async {
-            let peers = node.client.call("weft.peers", Vec::new(), Map::new(), &[]).await?;
-            let catalog = node.client.call("weft.catalog", Vec::new(), Map::new(), &[]).await?;
+            let peers = match read {
+                Read::Peers | Read::Both => node.client.call("weft.peers", Vec::new(), Map::new(), &[]).await?,
+                Read::Catalog => Value::Null,
+            };
+            let catalog = match read {
+                Read::Catalog | Read::Both => node.client.call("weft.catalog", Vec::new(), Map::new(), &[]).await?,
+                Read::Peers => Value::Null,
+            };
             anyhow::Ok(done(&peers, &catalog))
         });
         let outcomes = futures_util::future::join_all(checks).await;

@@ -104,13 +104,10 @@ impl Runtime {
         compilation: Compilation,
     ) -> Result<Self, RuntimeError> {
         let baseline = match compilation {
-            Compilation::Tiered => baseline_engine().map(Backend::new).transpose()?,
+            Compilation::Tiered => baseline_engine(&limits).map(Backend::new).transpose()?,
             Compilation::Optimized => None,
         };
-        // Behind a baseline compiler, Cranelift compiles in the background on one thread: on
-        // the shared thread pool its work would queue ahead of (and starve) the next plugin's
-        // baseline compile.
-        let optimized = Backend::new(build_engine(&limits, baseline.is_none())?)?;
+        let optimized = Backend::new(build_engine(&limits, wasmtime::Strategy::Cranelift)?)?;
         let mut engines = vec![optimized.engine.clone()];
         engines.extend(baseline.as_ref().map(|b| b.engine.clone()));
         let ticker = Ticker::start(engines)?;
@@ -217,7 +214,19 @@ impl Runtime {
             // when it stops.
             let (done, compiled) = tokio::sync::oneshot::channel();
             let spawned = std::thread::Builder::new().name("weft-optimize".into()).spawn(move || {
-                let compiled = Component::new(&engine, &bytes).map_err(|e| format!("{e:#}"));
+                // Another node sharing the cache (or a file of the same bytes) may have compiled it.
+                if let Some(component) = cache.as_ref().and_then(|c| c.load(&engine, &key)) {
+                    let _ = done.send(Ok(component));
+                    return;
+                }
+                // On one thread: on the shared pool, its many jobs would queue ahead of (and
+                // starve) the next plugin's baseline compile and the calls being served.
+                let compiled = rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .thread_name(|_| "weft-optimize".into())
+                    .build()
+                    .map_err(|e| format!("a thread pool for compiling: {e}"))
+                    .and_then(|pool| pool.install(|| Component::new(&engine, &bytes).map_err(|e| format!("{e:#}"))));
                 if let (Ok(component), Some(cache)) = (&compiled, &cache) {
                     cache.store(&key, component);
                 }
@@ -261,10 +270,11 @@ impl Drop for Runtime {
     }
 }
 
-/// Cranelift's engine; `parallel`: compile a component's functions on all cores.
-fn build_engine(limits: &Limits, parallel: bool) -> Result<Engine, RuntimeError> {
+/// An engine compiling with `strategy`, with the pooling allocator and its limits (memory size,
+/// memories, tables and instance sizes per component): both compilers' code runs under the same.
+fn build_engine(limits: &Limits, strategy: wasmtime::Strategy) -> Result<Engine, RuntimeError> {
     let mut config = base_config();
-    config.parallel_compilation(parallel);
+    config.strategy(strategy);
     let mut pooling = PoolingAllocationConfig::default();
     let instances = limits.max_instances.max(2);
     pooling
@@ -283,7 +293,7 @@ fn build_engine(limits: &Limits, parallel: bool) -> Result<Engine, RuntimeError>
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     match Engine::new(&config) {
         Ok(engine) => {
-            tracing::info!(instances, "wasmtime engine with the pooling allocator");
+            tracing::info!(instances, compiler = ?strategy, "wasmtime engine with the pooling allocator");
             Ok(engine)
         }
         Err(e) => {
@@ -293,7 +303,7 @@ fn build_engine(limits: &Limits, parallel: bool) -> Result<Engine, RuntimeError>
                  instance allocation (slower instantiation)"
             );
             let mut config = base_config();
-            config.parallel_compilation(parallel);
+            config.strategy(strategy);
             Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))
         }
     }
@@ -301,13 +311,11 @@ fn build_engine(limits: &Limits, parallel: bool) -> Result<Engine, RuntimeError>
 
 /// The baseline compiler's engine, where Winch supports the machine (x86_64); `None` elsewhere
 /// or when it cannot be created (plugins are then compiled by Cranelift only).
-fn baseline_engine() -> Option<Engine> {
+fn baseline_engine(limits: &Limits) -> Option<Engine> {
     if !cfg!(target_arch = "x86_64") {
         return None;
     }
-    let mut config = base_config();
-    config.strategy(wasmtime::Strategy::Winch);
-    match Engine::new(&config) {
+    match build_engine(limits, wasmtime::Strategy::Winch) {
         Ok(engine) => Some(engine),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "no baseline compiler; plugins are compiled by cranelift before they serve");

@@ -8,7 +8,7 @@
 //! instance. `docs/runtime.md` has the measurements behind the default.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
@@ -107,10 +107,9 @@ impl Upgrade {
         let Some(cell) = self.cell.upgrade() else {
             return false;
         };
-        match cell.write() {
-            Ok(mut current) => *current = code,
-            Err(poisoned) => *poisoned.into_inner() = code,
-        }
+        // Idle instances of the old code are dropped under the lock, so none is put back after.
+        let mut current = cell.write().unwrap_or_else(PoisonError::into_inner);
+        *current = code;
         self.shared.idle.clear(self.plugin);
         true
     }
@@ -229,10 +228,7 @@ impl Plugin {
     }
 
     fn code(&self) -> Arc<Code> {
-        match self.code.read() {
-            Ok(code) => code.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.code.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// A handle to swap better code in later.
@@ -434,15 +430,12 @@ impl Plugin {
     }
 
     fn is_current(&self, warm: &Warm) -> bool {
-        match self.code.read() {
-            Ok(code) => Arc::ptr_eq(&warm.code, &code),
-            Err(poisoned) => Arc::ptr_eq(&warm.code, &poisoned.into_inner()),
-        }
+        Arc::ptr_eq(&warm.code, &self.code.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Keeps a healthy instance warm, unless it has served its share of calls or grew.
     fn release(&self, warm: Warm, reuse: u32) {
-        if warm.uses >= reuse || !self.is_current(&warm) {
+        if warm.uses >= reuse {
             return;
         }
         // An instance whose memory grew past twice its size after instantiation would keep
@@ -451,7 +444,11 @@ impl Plugin {
         if limiter.current > limiter.initial.saturating_mul(2).max(WARM_MEMORY_FLOOR) {
             return;
         }
-        self.shared.idle.put(self.id, warm);
+        // Checked and put under the lock: an upgrade cannot slip in between.
+        let code = self.code.read().unwrap_or_else(PoisonError::into_inner);
+        if Arc::ptr_eq(&warm.code, &code) {
+            self.shared.idle.put(self.id, warm);
+        }
     }
 
     /// The plugin's idle warm instances and the linear memory they hold, in bytes.
