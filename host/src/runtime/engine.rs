@@ -72,12 +72,37 @@ impl std::str::FromStr for Compilation {
     }
 }
 
+impl Shared {
+    /// The baseline compiler's backend, created at its first use (a node whose plugins are all
+    /// in the cache never pays for it).
+    pub(crate) fn baseline(&self) -> Option<&Backend> {
+        self.baseline
+            .get_or_init(|| {
+                if self.compilation != Compilation::Tiered {
+                    return None;
+                }
+                let backend = baseline_engine(&self.limits).and_then(|engine| match Backend::new(engine) {
+                    Ok(backend) => Some(backend),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no baseline compiler; plugins are compiled by cranelift before they serve");
+                        None
+                    }
+                })?;
+                self.ticker.add(backend.engine.clone());
+                Some(backend)
+            })
+            .as_ref()
+    }
+}
+
 /// State shared by the runtime and every plugin it loaded.
 pub(crate) struct Shared {
     /// Cranelift, with the pooling allocator: the code plugins run on for good.
     pub(crate) optimized: Backend,
     /// Winch, with on-demand allocation: the code a plugin runs on until Cranelift's is ready.
-    pub(crate) baseline: Option<Backend>,
+    /// Created at the first compile that needs it (`None` inside: unavailable, or turned off).
+    baseline: std::sync::OnceLock<Option<Backend>>,
+    compilation: Compilation,
     /// One background compilation at a time, so that they never crowd out calls.
     pub(crate) optimizing: Semaphore,
     pub(crate) limits: Limits,
@@ -103,19 +128,14 @@ impl Runtime {
         cache_dir: Option<std::path::PathBuf>,
         compilation: Compilation,
     ) -> Result<Self, RuntimeError> {
-        let baseline = match compilation {
-            Compilation::Tiered => baseline_engine(&limits).map(Backend::new).transpose()?,
-            Compilation::Optimized => None,
-        };
         let optimized = Backend::new(build_engine(&limits, wasmtime::Strategy::Cranelift)?)?;
-        let mut engines = vec![optimized.engine.clone()];
-        engines.extend(baseline.as_ref().map(|b| b.engine.clone()));
-        let ticker = Ticker::start(engines)?;
+        let ticker = Ticker::start(optimized.engine.clone())?;
 
         let half = (limits.max_instances / 2).max(1) as usize;
         let shared = Arc::new(Shared {
             optimized,
-            baseline,
+            baseline: std::sync::OnceLock::new(),
+            compilation,
             optimizing: Semaphore::new(1),
             active: Semaphore::new(half),
             idle: IdlePool::new(half),
@@ -133,7 +153,7 @@ impl Runtime {
     #[tracing::instrument(skip(self, bytes), fields(size = bytes.len()))]
     pub async fn load(&self, name: &str, bytes: Vec<u8>) -> Result<Plugin, RuntimeError> {
         let optimized = self.shared.optimized.engine.clone();
-        let baseline = self.shared.baseline.as_ref().map(|b| b.engine.clone());
+        let shared = self.shared.clone();
         let cache = self.cache.clone();
         let digest = super::plugin::digest(&bytes);
         let key = digest.clone();
@@ -143,8 +163,8 @@ impl Runtime {
             if let Some(component) = cache.as_ref().and_then(|c| c.load(&optimized, &key)) {
                 return Ok((component, Tier::Optimized, Origin::Cache, bytes));
             }
-            if let Some(baseline) = &baseline {
-                match Component::new(baseline, &bytes) {
+            if let Some(baseline) = shared.baseline() {
+                match Component::new(&baseline.engine, &bytes) {
                     Ok(component) => return Ok((component, Tier::Baseline, Origin::Compiled, bytes)),
                     Err(e) => tracing::debug!(
                         plugin = %plugin_name,
@@ -337,6 +357,8 @@ fn base_config() -> Config {
 /// Advances the engines' epochs every [`EPOCH_TICK`] while guest code may run, and sleeps
 /// otherwise: an idle node costs no wake-ups.
 pub(crate) struct Ticker {
+    /// The baseline compiler's engine, once created (the optimizing one is the thread's own).
+    baseline: std::sync::OnceLock<Engine>,
     /// Calls and instantiations running now.
     running: AtomicUsize,
     stop: AtomicBool,
@@ -347,8 +369,9 @@ pub(crate) struct Ticker {
 pub(crate) struct Ticking(Arc<Ticker>);
 
 impl Ticker {
-    fn start(engines: Vec<Engine>) -> Result<Arc<Ticker>, RuntimeError> {
+    fn start(engine: Engine) -> Result<Arc<Ticker>, RuntimeError> {
         let ticker = Arc::new(Ticker {
+            baseline: std::sync::OnceLock::new(),
             running: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             thread: std::sync::OnceLock::new(),
@@ -364,14 +387,20 @@ impl Ticker {
                         continue;
                     }
                     std::thread::sleep(EPOCH_TICK);
-                    for engine in &engines {
-                        engine.increment_epoch();
+                    engine.increment_epoch();
+                    if let Some(baseline) = me.baseline.get() {
+                        baseline.increment_epoch();
                     }
                 }
             })
             .map_err(|e| RuntimeError::Engine(format!("starting the epoch ticker: {e}")))?;
         let _ = ticker.thread.set(handle.thread().clone());
         Ok(ticker)
+    }
+
+    /// Advances `engine`'s epoch too.
+    fn add(&self, engine: Engine) {
+        let _ = self.baseline.set(engine);
     }
 
     /// Guest code is about to run: the epoch must advance until the guard is dropped.

@@ -69,7 +69,7 @@ impl Code {
     ) -> Result<Arc<Code>, RuntimeError> {
         let backend = match tier {
             Tier::Optimized => &shared.optimized,
-            Tier::Baseline => shared.baseline.as_ref().unwrap_or(&shared.optimized),
+            Tier::Baseline => shared.baseline().unwrap_or(&shared.optimized),
         };
         let link_err = |e: wasmtime::Error| RuntimeError::Link {
             name: name.to_string(),
