@@ -126,7 +126,9 @@ impl Manifest {
     }
 
     /// The limits calls of this plugin run under: its own, else the node's, never above its
-    /// tenant's `ceiling`.
+    /// tenant's `ceiling`. Memory is never above the node's either: instances come from a pool
+    /// whose memories are that size, so a larger limit could not be granted and a plugin
+    /// reaching the pool's would fail without the memory-limit error.
     pub fn settings(&self, node: &Limits, ceiling: Ceiling) -> Arc<PluginSettings> {
         let deadline = self
             .limits
@@ -135,7 +137,8 @@ impl Manifest {
         let memory = self
             .limits
             .memory_mb
-            .map_or(node.memory_limit_bytes, |mb| (mb as usize) << 20);
+            .map_or(node.memory_limit_bytes, |mb| (mb as usize) << 20)
+            .min(node.memory_limit_bytes);
         Arc::new(PluginSettings {
             deadline: ceiling.deadline.map_or(deadline, |c| deadline.min(c)),
             memory_limit_bytes: ceiling.memory_bytes.map_or(memory, |c| memory.min(c)),
@@ -205,6 +208,14 @@ mod tests {
         let s = m.settings(&Limits::default(), ceiling);
         assert_eq!(s.memory_limit_bytes, 64 << 20);
         assert_eq!(s.deadline, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_sidecar_cannot_raise_memory_above_the_nodes() {
+        let m = Manifest::parse("[limits]\nmemory_mb = 4096\n").unwrap();
+        let node = Limits::default();
+        let s = m.settings(&node, Ceiling::default());
+        assert_eq!(s.memory_limit_bytes, node.memory_limit_bytes);
     }
 
     #[test]
