@@ -51,7 +51,7 @@ impl Backend {
 /// How a plugin the compile cache does not hold is compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compilation {
-    /// With the baseline compiler (Winch) first, which compiles about ten times faster: the
+    /// With the baseline compiler (Winch) first, which compiles 3–4 times faster: the
     /// plugin serves at once, and is swapped for Cranelift's code (which runs faster, and goes
     /// to the cache) when that is ready. Where Winch is not available, as `Optimized`.
     #[default]
@@ -99,7 +99,7 @@ impl Shared {
 pub(crate) struct Shared {
     /// Cranelift, with the pooling allocator: the code plugins run on for good.
     pub(crate) optimized: Backend,
-    /// Winch, with on-demand allocation: the code a plugin runs on until Cranelift's is ready.
+    /// Winch, with the same pooling limits: the code a plugin runs on until Cranelift's is ready.
     /// Created at the first compile that needs it (`None` inside: unavailable, or turned off).
     baseline: std::sync::OnceLock<Option<Backend>>,
     compilation: Compilation,
@@ -120,8 +120,9 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Creates the engine (pooling allocator when the machine allows it), the linker with WASI
-    /// and the `weft:plugin/host` interface, and starts the epoch ticker.
+    /// Creates Cranelift's engine (pooling allocator when the machine allows it), the linker
+    /// with WASI and the `weft:plugin/host` interface, and starts the epoch ticker. Winch's
+    /// engine is made the same way at the first compile that needs it.
     /// `cache_dir`: where compiled components are kept between runs (none: always compile).
     pub fn new(
         limits: Limits,
