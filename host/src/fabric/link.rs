@@ -380,6 +380,7 @@ where
     let mut checks = 0u64;
     let mut sent_pings: HashMap<u64, Instant> = HashMap::new();
     let mut seq = 0u64;
+    let mut samples = 0i64;
     let mut last_heard = Instant::now();
     let mut stop = fabric.stop.clone();
     let mut left = false;
@@ -412,10 +413,14 @@ where
                     }
                     PeerMessage::Pong { seq } => {
                         if let Some(sent) = sent_pings.remove(&seq) {
-                            let sample = sent.elapsed().as_micros() as u64;
-                            let old = stats.rtt_us.load(Ordering::Relaxed);
-                            let smoothed = if old == 0 { sample } else { (old * 7 + sample) / 8 };
-                            stats.rtt_us.store(smoothed.max(1), Ordering::Relaxed);
+                            // The mean of the first samples, then a moving average over about
+                            // eight: one slow first sample (a node busy starting) does not
+                            // outweigh the link's load for seconds.
+                            let sample = sent.elapsed().as_micros() as i64;
+                            samples = (samples + 1).min(8);
+                            let old = stats.rtt_us.load(Ordering::Relaxed) as i64;
+                            let smoothed = old + (sample - old) / samples;
+                            stats.rtt_us.store(smoothed.max(1) as u64, Ordering::Relaxed);
                         }
                     }
                     // A node of another cluster may only hand this node calls for a cluster (its
@@ -489,7 +494,9 @@ where
                     break;
                 }
                 checks += 1;
-                if checks % 4 != 1 {
+                // Four pings in the link's first ping interval (so that its round trip is known
+                // from several samples at once), then one per interval.
+                if checks > 4 && checks % 4 != 1 {
                     continue;
                 }
                 seq += 1;

@@ -600,6 +600,12 @@ impl State {
             member.since = Instant::now();
             member.probed = None;
             self.settle_until = Instant::now() + SETTLE;
+        } else if member.status == Status::Suspect && body.version > member.heard {
+            // Signed after anything heard of it before it was suspected: it lives. (A stopped,
+            // killed or cut-off node signs nothing new that could reach this node.)
+            member.status = Status::Alive;
+            member.since = Instant::now();
+            member.probed = None;
         }
         member.incarnation = member.incarnation.max(body.incarnation);
         member.heard = member.heard.max(body.version);
