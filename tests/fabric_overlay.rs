@@ -7,24 +7,14 @@ mod support;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Map, Value};
-use support::{eventually, fabric_node, no_kwargs, peer_states, servers_of, TestNode};
+use serde_json::{json, Value};
+use support::{eventually, fabric_node, no_kwargs, peer_rows, peer_states, servers_of, TestNode};
 use tokio_tungstenite::tungstenite::Message;
 use weft::fabric::auth;
 use weft::fabric::identity::NodeKey;
 use weft::fabric::wire::{self, CatalogEntry, NodeRecord, PeerMessage, RecordBody, PEER_PATH, PROTOCOL_VERSION};
 
 const CONVERGE: Duration = Duration::from_secs(20);
-
-async fn peers(node: &TestNode) -> Vec<Value> {
-    let report = node
-        .client()
-        .await
-        .call("weft.peers", vec![], Map::new(), &[])
-        .await
-        .unwrap();
-    report["peers"].as_array().unwrap().clone()
-}
 
 #[tokio::test]
 async fn beyond_max_mesh_nodes_keep_a_partial_view_and_calls_travel_through_others() {
@@ -58,17 +48,17 @@ async fn beyond_max_mesh_nodes_keep_a_partial_view_and_calls_travel_through_othe
     // surplus links are dropped at the next maintenance round.
     let linked = |peers: &[Value]| peers.iter().filter(|p| p["linked"] == true).count();
     for node in &nodes {
-        let now = peers(node).await;
+        let now = peer_rows(node).await;
         assert!(linked(&now) <= 2 * MAX_MESH + 2, "{} links: {now:?}", linked(&now));
         assert!(
-            eventually(CONVERGE, || async { linked(&peers(node).await) <= 2 * MAX_MESH }).await,
+            eventually(CONVERGE, || async { linked(&peer_rows(node).await) <= 2 * MAX_MESH }).await,
             "surplus links were never dropped: {:?}",
-            peers(node).await
+            peer_rows(node).await
         );
     }
     let mut through_others = 0;
     for node in &nodes {
-        let peers = peers(node).await;
+        let peers = peer_rows(node).await;
         if peers
             .iter()
             .any(|p| p["node"] == origin.as_str() && p["linked"] == false)

@@ -592,20 +592,18 @@ impl State {
             probed: None,
         });
         member.url = body.url.clone();
-        if matches!(member.status, Status::Dead | Status::Left) {
-            // Revived by its own record. The record may be older than a new failure (relayed
-            // across a partition as it formed): then the dials of the nodes that keep links
-            // to it fail, and they suspect it again.
+        // Revived by its own record. The record may be older than a new failure (relayed across
+        // a partition as it formed): then the dials of the nodes that keep links to it fail, and
+        // they suspect it again. A suspect lives when the record was signed after anything heard
+        // of it before (a stopped, killed or cut-off node signs nothing new that could arrive).
+        let revived = matches!(member.status, Status::Dead | Status::Left);
+        if revived || (member.status == Status::Suspect && body.version > member.heard) {
             member.status = Status::Alive;
             member.since = Instant::now();
             member.probed = None;
-            self.settle_until = Instant::now() + SETTLE;
-        } else if member.status == Status::Suspect && body.version > member.heard {
-            // Signed after anything heard of it before it was suspected: it lives. (A stopped,
-            // killed or cut-off node signs nothing new that could reach this node.)
-            member.status = Status::Alive;
-            member.since = Instant::now();
-            member.probed = None;
+            if revived {
+                self.settle_until = Instant::now() + SETTLE;
+            }
         }
         member.incarnation = member.incarnation.max(body.incarnation);
         member.heard = member.heard.max(body.version);

@@ -540,7 +540,8 @@ impl PluginDir {
             state,
             digest: entry.plugin.as_ref().map(|p| p.digest().to_string()),
             origin: entry.plugin.as_ref().map(|p| p.origin()),
-            tier: entry.plugin.as_ref().map(|p| p.tier()),
+            // Filled in when the report is read, like the warm instances.
+            tier: None,
             compile_ms: entry.plugin.as_ref().map(|p| p.compile_time().as_secs_f64() * 1000.0),
             description: entry.manifest.description.clone(),
             commands,

@@ -78,16 +78,7 @@ impl Shared {
     pub(crate) fn baseline(&self) -> Option<&Backend> {
         self.baseline
             .get_or_init(|| {
-                if self.compilation != Compilation::Tiered {
-                    return None;
-                }
-                let backend = baseline_engine(&self.limits).and_then(|engine| match Backend::new(engine) {
-                    Ok(backend) => Some(backend),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "no baseline compiler; plugins are compiled by cranelift before they serve");
-                        None
-                    }
-                })?;
+                let backend = baseline_backend(&self.limits)?;
                 self.ticker.add(backend.engine.clone());
                 Some(backend)
             })
@@ -102,7 +93,6 @@ pub(crate) struct Shared {
     /// Winch, with the same pooling limits: the code a plugin runs on until Cranelift's is ready.
     /// Created at the first compile that needs it (`None` inside: unavailable, or turned off).
     baseline: std::sync::OnceLock<Option<Backend>>,
-    compilation: Compilation,
     /// One background compilation at a time, so that they never crowd out calls.
     pub(crate) optimizing: Semaphore,
     pub(crate) limits: Limits,
@@ -132,11 +122,14 @@ impl Runtime {
         let optimized = Backend::new(build_engine(&limits, wasmtime::Strategy::Cranelift)?)?;
         let ticker = Ticker::start(optimized.engine.clone())?;
 
+        let baseline = std::sync::OnceLock::new();
+        if compilation == Compilation::Optimized {
+            let _ = baseline.set(None);
+        }
         let half = (limits.max_instances / 2).max(1) as usize;
         let shared = Arc::new(Shared {
             optimized,
-            baseline: std::sync::OnceLock::new(),
-            compilation,
+            baseline,
             optimizing: Semaphore::new(1),
             active: Semaphore::new(half),
             idle: IdlePool::new(half),
@@ -153,7 +146,6 @@ impl Runtime {
     /// swapped for Cranelift's code in the background (see [`Compilation::Tiered`]).
     #[tracing::instrument(skip(self, bytes), fields(size = bytes.len()))]
     pub async fn load(&self, name: &str, bytes: Vec<u8>) -> Result<Plugin, RuntimeError> {
-        let optimized = self.shared.optimized.engine.clone();
         let shared = self.shared.clone();
         let cache = self.cache.clone();
         let digest = super::plugin::digest(&bytes);
@@ -161,7 +153,8 @@ impl Runtime {
         let plugin_name = name.to_string();
         let started = std::time::Instant::now();
         let compiled = tokio::task::spawn_blocking(move || -> Result<(Component, Tier, Origin, Vec<u8>), String> {
-            if let Some(component) = cache.as_ref().and_then(|c| c.load(&optimized, &key)) {
+            let optimized = &shared.optimized.engine;
+            if let Some(component) = cache.as_ref().and_then(|c| c.load(optimized, &key)) {
                 return Ok((component, Tier::Optimized, Origin::Cache, bytes));
             }
             if let Some(baseline) = shared.baseline() {
@@ -174,10 +167,7 @@ impl Runtime {
                     ),
                 }
             }
-            let component = Component::new(&optimized, &bytes).map_err(|e| format!("{e:#}"))?;
-            if let Some(cache) = &cache {
-                cache.store(&key, &component);
-            }
+            let component = compile_optimized(optimized, cache.as_ref(), &key, &bytes)?;
             Ok((component, Tier::Optimized, Origin::Compiled, bytes))
         })
         .await
@@ -197,7 +187,11 @@ impl Runtime {
             elapsed_ms = compile_time.as_millis() as u64,
             "compiled"
         );
-        let code = Code::new(&self.shared, name, component, tier)?;
+        let backend = match tier {
+            Tier::Baseline => self.shared.baseline(),
+            Tier::Optimized => None,
+        };
+        let code = Code::new(backend.unwrap_or(&self.shared.optimized), name, component, tier)?;
         let plugin = Plugin::prepare(
             self.shared.clone(),
             name.to_string(),
@@ -247,10 +241,7 @@ impl Runtime {
                     .thread_name(|_| "weft-optimize".into())
                     .build()
                     .map_err(|e| format!("a thread pool for compiling: {e}"))
-                    .and_then(|pool| pool.install(|| Component::new(&engine, &bytes).map_err(|e| format!("{e:#}"))));
-                if let (Ok(component), Some(cache)) = (&compiled, &cache) {
-                    cache.store(&key, component);
-                }
+                    .and_then(|pool| pool.install(|| compile_optimized(&engine, cache.as_ref(), &key, &bytes)));
                 let _ = done.send(compiled);
             });
             let compiled = match spawned {
@@ -261,7 +252,9 @@ impl Runtime {
                 Err(e) => Err(format!("starting a compiling thread: {e}")),
             };
             let upgraded = compiled
-                .and_then(|component| Code::new(&shared, &name, component, Tier::Optimized).map_err(|e| e.to_string()))
+                .and_then(|component| {
+                    Code::new(&shared.optimized, &name, component, Tier::Optimized).map_err(|e| e.to_string())
+                })
                 .map(|code| target.upgrade(code));
             match upgraded {
                 Ok(true) => tracing::info!(
@@ -330,14 +323,28 @@ fn build_engine(limits: &Limits, strategy: wasmtime::Strategy) -> Result<Engine,
     }
 }
 
-/// The baseline compiler's engine, where Winch supports the machine (x86_64); `None` elsewhere
+/// Compiles with Cranelift (`engine`) and keeps the result in `cache`.
+fn compile_optimized(
+    engine: &Engine,
+    cache: Option<&CompileCache>,
+    key: &str,
+    bytes: &[u8],
+) -> Result<Component, String> {
+    let component = Component::new(engine, bytes).map_err(|e| format!("{e:#}"))?;
+    if let Some(cache) = cache {
+        cache.store(key, &component);
+    }
+    Ok(component)
+}
+
+/// The baseline compiler's backend, where Winch supports the machine (x86_64); `None` elsewhere
 /// or when it cannot be created (plugins are then compiled by Cranelift only).
-fn baseline_engine(limits: &Limits) -> Option<Engine> {
+fn baseline_backend(limits: &Limits) -> Option<Backend> {
     if !cfg!(target_arch = "x86_64") {
         return None;
     }
-    match build_engine(limits, wasmtime::Strategy::Winch) {
-        Ok(engine) => Some(engine),
+    match build_engine(limits, wasmtime::Strategy::Winch).and_then(Backend::new) {
+        Ok(backend) => Some(backend),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "no baseline compiler; plugins are compiled by cranelift before they serve");
             None

@@ -17,7 +17,7 @@ use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 
 use super::bindings::CommandPluginPre;
 use super::cache::Origin;
-use super::engine::{RuntimeError, Shared};
+use super::engine::{Backend, RuntimeError, Shared};
 use super::host::{from_wit, CallScope, HostState};
 use super::idle::Warm;
 use super::{CallContext, Grants, HostCalls};
@@ -60,17 +60,13 @@ pub(crate) struct Code {
 }
 
 impl Code {
-    /// Links `component` (compiled by `tier`'s engine) against the plugin contract.
+    /// Links `component` (compiled by `backend`'s engine, as `tier`) against the plugin contract.
     pub(crate) fn new(
-        shared: &Shared,
+        backend: &Backend,
         name: &str,
         component: Component,
         tier: Tier,
     ) -> Result<Arc<Code>, RuntimeError> {
-        let backend = match tier {
-            Tier::Optimized => &shared.optimized,
-            Tier::Baseline => shared.baseline().unwrap_or(&shared.optimized),
-        };
         let link_err = |e: wasmtime::Error| RuntimeError::Link {
             name: name.to_string(),
             reason: format!("{e:#}"),
@@ -416,9 +412,9 @@ impl Plugin {
         }
     }
 
-    /// An idle instance made with the same grants and of the current code; one made with other
-    /// grants (the sidecar changed, or it is the instance that answered `describe`) or of
-    /// replaced code is dropped.
+    /// An idle instance made with the same grants; one made with others (the sidecar changed,
+    /// or it is the instance that answered `describe`) is dropped. (Idle instances are all of
+    /// the current code: a swap drops them, and `release` keeps only those of the current.)
     fn take_idle(&self, grants: Option<&Arc<Grants>>) -> Option<Warm> {
         let warm = self.shared.idle.take(self.id)?;
         let same = match (warm.grants.as_ref(), grants) {
@@ -426,11 +422,7 @@ impl Plugin {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
             _ => false,
         };
-        (same && self.is_current(&warm)).then_some(warm)
-    }
-
-    fn is_current(&self, warm: &Warm) -> bool {
-        Arc::ptr_eq(&warm.code, &self.code.read().unwrap_or_else(PoisonError::into_inner))
+        same.then_some(warm)
     }
 
     /// Keeps a healthy instance warm, unless it has served its share of calls or grew.
