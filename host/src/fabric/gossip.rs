@@ -77,7 +77,7 @@ impl Fabric {
             PeerMessage::ProbeAck { node, alive } => {
                 if alive {
                     tracing::debug!(peer = %node, vouched_by = %peer, "a suspect is still heard by another peer");
-                    self.with_state(|s| s.vouched(&node));
+                    self.with_state(|s| s.reached(&node));
                 }
             }
             other => tracing::debug!(peer = %peer, message = ?other, "not a gossip message"),
@@ -87,10 +87,9 @@ impl Fabric {
 
     /// Takes a record (relayed or from its node) and relays it when it is news.
     fn on_record(&self, peer: &str, record: NodeRecord) {
-        let owner = record.body.node.clone();
         match self.with_state(|s| s.accept_record(&record, peer)) {
             Accepted::New => {
-                let targets = self.with_state(|s| s.relay_targets(&owner, peer));
+                let targets = self.with_state(|s| s.relay_targets(&record.body, peer));
                 let message = PeerMessage::Record(record);
                 for (_, tx) in targets {
                     let _ = tx.try_send(message.clone());
@@ -98,7 +97,7 @@ impl Fabric {
             }
             Accepted::Stale => {}
             Accepted::Refused(reason) => {
-                tracing::warn!(node = %owner, relayed_by = %peer, "refused a record: {reason}");
+                tracing::warn!(node = %record.body.node, relayed_by = %peer, "refused a record: {reason}");
             }
         }
     }

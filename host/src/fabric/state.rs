@@ -122,8 +122,14 @@ const UNREACHABLE_DIALS: u32 = 2;
 /// The hop count assumed for a node no known path reaches (so that known paths win).
 const MAX_HOPS_GUESS: u32 = 4;
 
-/// A change of links is announced (in a re-signed record) at most this often.
-const LINKS_ANNOUNCE: Duration = Duration::from_millis(300);
+/// A change of links is announced (in a re-signed record) at most every `LINKS_ANNOUNCE_PER_MEMBER`
+/// times the live members, within these bounds. Every member checks the signature of every
+/// record, so the fabric-wide cost of announcing grows with the square of its size; this keeps it
+/// near 50 announcements a second, and the neighbour lists used to route through other nodes
+/// at most 2 s old.
+const LINKS_ANNOUNCE_PER_MEMBER: Duration = Duration::from_millis(20);
+const LINKS_ANNOUNCE_MIN: Duration = Duration::from_millis(300);
+const LINKS_ANNOUNCE_MAX: Duration = Duration::from_secs(2);
 
 /// The route to a node: the node that runs the call and the link it leaves on.
 pub struct Route {
@@ -613,19 +619,14 @@ impl State {
         Accepted::New
     }
 
-    /// Links a new record of `owner` (received from `from`) is relayed on: every link but the
-    /// sender's and the owner's, and but those of nodes that declare a link to the owner (the
-    /// owner sends it to them itself).
-    pub fn relay_targets(&self, owner: &str, from: &str) -> Vec<(String, mpsc::Sender<PeerMessage>)> {
+    /// Links a new record (received from `from`) is relayed on: every link but the sender's,
+    /// the owner's, and those to the nodes the record itself lists as the owner's neighbours
+    /// (the owner sent it to them when it signed it; a link made since pulls it).
+    pub fn relay_targets(&self, record: &RecordBody, from: &str) -> Vec<(String, mpsc::Sender<PeerMessage>)> {
         self.links
             .iter()
-            .filter(|(node, _)| node.as_str() != from && node.as_str() != owner)
-            .filter(|(node, _)| {
-                !self
-                    .records
-                    .get(*node)
-                    .is_some_and(|r| r.body.neighbours.iter().any(|n| n == owner))
-            })
+            .filter(|(node, _)| node.as_str() != from && **node != record.node)
+            .filter(|(node, _)| !record.neighbours.contains(node))
             .map(|(node, l)| (node.clone(), l.tx.clone()))
             .collect()
     }
@@ -786,16 +787,6 @@ impl State {
         Rumour::Believed
     }
 
-    /// Another peer still hears `node`: it stays a suspect (and is dialed) instead of dying.
-    pub fn vouched(&mut self, node: &str) {
-        if let Some(member) = self.members.get_mut(node) {
-            if member.status == Status::Suspect {
-                member.since = Instant::now();
-                member.probed = None;
-            }
-        }
-    }
-
     /// How long peers have to vouch for a suspect: the probe window, or three round trips of
     /// the slowest link when the machine is that busy.
     pub fn probe_window(&self) -> Duration {
@@ -808,7 +799,10 @@ impl State {
         PROBE_WINDOW.max(Duration::from_micros(slowest) * 3)
     }
 
-    /// A call reached `node` through the fabric: it is alive (even if not linked).
+    /// A call reached `node` through the fabric, or another peer still hears it: it is alive
+    /// (even if not linked). A suspect that others vouch for is not held suspect until a link to
+    /// it comes back: in a partial view that may never happen, and a node that dies later is
+    /// declared dead by the nodes linked to it.
     pub fn reached(&mut self, node: &str) {
         if let Some(member) = self.members.get_mut(node) {
             if member.status == Status::Suspect {
@@ -926,10 +920,17 @@ impl State {
             self.dialing.insert(url.clone());
             plan.dials.push(url);
         }
-        if self.links_changed && now.duration_since(self.links_announced) >= LINKS_ANNOUNCE {
+        if self.links_changed && now.duration_since(self.links_announced) >= self.links_announce_interval() {
             plan.publish = Some(self.republish());
         }
         plan
+    }
+
+    /// How often a change of links is announced at most (see `LINKS_ANNOUNCE_PER_MEMBER`).
+    fn links_announce_interval(&self) -> Duration {
+        let live = self.members.values().filter(|m| Self::is_live(m.status)).count();
+        (LINKS_ANNOUNCE_PER_MEMBER * u32::try_from(live).unwrap_or(u32::MAX))
+            .clamp(LINKS_ANNOUNCE_MIN, LINKS_ANNOUNCE_MAX)
     }
 
     /// Links over `cap` to drop (the fabric outgrew the full mesh, or many peers picked this
