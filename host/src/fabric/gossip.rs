@@ -30,7 +30,7 @@ impl Fabric {
                 if !comparison.want.is_empty() {
                     let _ = tx.try_send(PeerMessage::Want { nodes: comparison.want });
                 }
-                if let Some(record) = comparison.own {
+                for record in comparison.own.into_iter().chain(comparison.revive) {
                     let _ = tx.try_send(PeerMessage::Record(record));
                 }
                 if let Some(incarnation) = comparison.refute {

@@ -158,6 +158,10 @@ pub struct Comparison {
     pub want: Vec<String>,
     /// This node's record, when the peer lacks it or holds it older.
     pub own: Option<NodeRecord>,
+    /// Records of nodes the peer holds dead, signed after the last one it heard of before the
+    /// death: news that they live (the other side of a healed partition), which the peer
+    /// would not ask for.
+    pub revive: Vec<NodeRecord>,
     /// The peer holds this node dead: refute it.
     pub refute: Option<u64>,
     /// Deaths the peer holds, to pass to their subjects (linked to this node) to refute.
@@ -711,7 +715,8 @@ impl State {
         }
         // Deaths in a peer's list are old news, or news from the other side of a healed
         // partition: believed, they would spread false deaths through this side. Deaths are
-        // spread by the `Dead` messages of the nodes that saw them. Here a death is passed to
+        // spread by the `Dead` messages of the nodes that saw them. A death of which this node
+        // holds a newer record is answered with that record (news the peer takes). A death is passed to
         // its subject when linked to it, so that it refutes (and its new record reaches the
         // peer's side); otherwise, unless this node heard from it after the peer did, it may
         // have died while this node missed the news: it becomes a suspect (probed, and declared
@@ -720,8 +725,14 @@ impl State {
         // list is its view of this side.
         let settling = Instant::now() < self.settle_until;
         for death in dead {
-            if death.node == self.me || !self.records.contains_key(&death.node) {
+            if death.node == self.me {
                 continue;
+            }
+            let Some(record) = self.records.get(&death.node) else {
+                continue;
+            };
+            if record.body.version > death.version || record.body.incarnation > death.incarnation {
+                out.revive.push(record.clone());
             }
             let Some(member) = self.members.get_mut(&death.node) else {
                 continue;
@@ -1444,13 +1455,40 @@ mod tests {
             incarnation: 1,
             version: 9,
         };
-        // This node heard from x after the peer did: x stays alive.
+        // This node heard from x after the peer did: x stays alive, and the peer is sent the
+        // newer record, which revives x there.
         let comparison = state.compare(Vec::new(), vec![death.clone()]);
         assert!(comparison.rumours.is_empty(), "not linked to x: nothing to pass on");
         assert_eq!(status(&state, "x"), Some(Status::Alive));
-        // The peer knows as much as this node: x may have died unseen; it is a suspect, not dead.
-        state.compare(Vec::new(), vec![Death { version: 10, ..death }]);
+        let sent: Vec<(&str, u64)> = comparison
+            .revive
+            .iter()
+            .map(|r| (r.body.node.as_str(), r.body.version))
+            .collect();
+        assert_eq!(sent, [("x", 10)]);
+        // The peer knows as much as this node: x may have died unseen; it is a suspect, not dead,
+        // and there is no news to send.
+        let comparison = state.compare(Vec::new(), vec![Death { version: 10, ..death }]);
+        assert!(comparison.revive.is_empty());
         assert_eq!(status(&state, "x"), Some(Status::Suspect));
+    }
+
+    #[test]
+    fn a_suspect_another_peer_still_hears_is_alive() {
+        let mut state = State::new(&config("a"));
+        let x = NodeKey::generate();
+        state.accept_record(&record(&x, "x", 1, 10), "b");
+        state.compare(
+            Vec::new(),
+            vec![Death {
+                node: "x".into(),
+                incarnation: 1,
+                version: 10,
+            }],
+        );
+        assert_eq!(status(&state, "x"), Some(Status::Suspect));
+        state.reached("x");
+        assert_eq!(status(&state, "x"), Some(Status::Alive));
     }
 
     #[test]
