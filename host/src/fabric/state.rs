@@ -421,9 +421,14 @@ impl State {
         Some((id, stats, close))
     }
 
+    /// Members held alive or suspect.
+    fn live_members(&self) -> usize {
+        self.members.values().filter(|m| Self::is_live(m.status)).count()
+    }
+
     /// Whether the fabric is larger than a full mesh (this node keeps a partial view).
     fn partial(&self, max_mesh: usize) -> bool {
-        self.members.values().filter(|m| Self::is_live(m.status)).count() >= max_mesh
+        self.live_members() >= max_mesh
     }
 
     /// Whether a link to `node` may be added: below the bound, or a little above it for a ring
@@ -716,9 +721,9 @@ impl State {
         // Deaths in a peer's list are old news, or news from the other side of a healed
         // partition: believed, they would spread false deaths through this side. Deaths are
         // spread by the `Dead` messages of the nodes that saw them. A death of which this node
-        // holds a newer record is answered with that record (news the peer takes). A death is passed to
-        // its subject when linked to it, so that it refutes (and its new record reaches the
-        // peer's side); otherwise, unless this node heard from it after the peer did, it may
+        // holds a newer record is answered with that record (news the peer takes). A death is
+        // passed to its subject when linked to it, so that it refutes (and its new record reaches
+        // the peer's side); otherwise, unless this node heard from it after the peer did, it may
         // have died while this node missed the news: it becomes a suspect (probed, and declared
         // dead unless another node still hears it). Not while the fabric settles after members
         // came back (a partition healing): the peer is then likely from the other side, and its
@@ -939,8 +944,7 @@ impl State {
 
     /// How often a change of links is announced at most (see `LINKS_ANNOUNCE_PER_MEMBER`).
     fn links_announce_interval(&self) -> Duration {
-        let live = self.members.values().filter(|m| Self::is_live(m.status)).count();
-        (LINKS_ANNOUNCE_PER_MEMBER * u32::try_from(live).unwrap_or(u32::MAX))
+        (LINKS_ANNOUNCE_PER_MEMBER * u32::try_from(self.live_members()).unwrap_or(u32::MAX))
             .clamp(LINKS_ANNOUNCE_MIN, LINKS_ANNOUNCE_MAX)
     }
 
