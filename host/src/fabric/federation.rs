@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 
-use super::state::{LinkHandle, LinkStats, Route, State};
+use super::state::{Admitted, LinkHandle, LinkStats, Route, State};
 use super::wire::{CatalogEntry, PeerMessage, RouteAd};
 use crate::plugins::Selector;
 
@@ -166,8 +166,9 @@ fn summary(e: &CatalogEntry) -> CatalogEntry {
 }
 
 impl State {
-    /// Registers a gateway link (a peer of another cluster); `None` when cut off or already
-    /// linked by the connection both sides keep.
+    /// Registers a gateway link (a peer of another cluster); `None` when cut off or this node
+    /// has all the gateway links it keeps, retired from the start when already linked by the
+    /// connection both sides keep.
     #[allow(clippy::too_many_arguments)]
     pub fn add_gateway(
         &mut self,
@@ -177,31 +178,42 @@ impl State {
         tier: u8,
         dialer: &str,
         tx: mpsc::Sender<PeerMessage>,
-    ) -> Option<(u64, std::sync::Arc<LinkStats>, std::sync::Arc<tokio::sync::Notify>)> {
+    ) -> Option<Admitted> {
         if self.blocked.contains(node) || (self.gateways.len() >= MAX_GATEWAYS && !self.gateways.contains_key(node)) {
             return None;
         }
         let preferred_dialer = if self.me.as_str() < node { &self.me } else { node };
-        if let Some(existing) = self.gateways.get(node) {
-            if existing.handle.dialer == preferred_dialer || dialer != preferred_dialer {
-                return None;
+        let current = match self.gateways.get(node) {
+            Some(existing) if existing.handle.dialer == preferred_dialer || dialer != preferred_dialer => false,
+            Some(existing) => {
+                existing.handle.retire.notify_one();
+                self.gateways.remove(node);
+                true
             }
-            existing.handle.close.notify_one();
-            self.gateways.remove(node);
-        }
+            None => true,
+        };
         let id = self.next_link;
         self.next_link += 1;
         let stats = std::sync::Arc::new(LinkStats::default());
         if let Some(delay) = self.delays.get(node) {
             stats.delay_us.store(*delay, Ordering::Relaxed);
         }
-        let close = std::sync::Arc::new(tokio::sync::Notify::new());
+        let retire = std::sync::Arc::new(tokio::sync::Notify::new());
+        let admitted = Admitted {
+            id,
+            stats: stats.clone(),
+            retire: retire.clone(),
+            current,
+        };
+        if !current {
+            return Some(admitted);
+        }
         let handle = LinkHandle {
             id,
             tx,
-            stats: stats.clone(),
+            stats,
             dialer: dialer.to_string(),
-            close: close.clone(),
+            retire,
         };
         if self.seeds.iter().any(|s| s == url) {
             self.seeds_joined.insert(url.to_string());
@@ -220,7 +232,7 @@ impl State {
             },
         );
         self.federation_changed();
-        Some((id, stats, close))
+        Some(admitted)
     }
 
     /// Forgets gateway link `id` of `node`.

@@ -346,23 +346,33 @@ where
             )
         };
         if let Some(url) = &dialed {
-            s.dial_done(url, added.is_some());
+            s.dial_done(url, added.as_ref().is_some_and(|a| a.current));
         }
         added
     });
-    let Some((link_id, stats, close)) = added else {
-        tracing::debug!(peer = %peer.node, "already linked (or leaving); dropping this connection");
+    let Some(admitted) = added else {
+        tracing::debug!(peer = %peer.node, "cut off (or leaving); dropping this connection");
         return;
     };
+    let (link_id, stats, retire) = (admitted.id, admitted.stats, admitted.retire);
     let frame_limit = fabric.peer_frame_limit();
-    if gateway {
+    if !admitted.current {
+        tracing::debug!(peer = %peer.node, "already linked (or at the bound of links); retiring this connection");
+    } else if gateway {
         tracing::info!(peer = %peer.node, url = %peer.url, cluster = %peer.cluster, "gateway linked");
     } else {
         tracing::info!(peer = %peer.node, url = %peer.url, "peer linked");
     }
     let (sink, mut source) = ws.split();
     let writer = tokio::spawn(write_frames(sink, outbox, stats.clone(), frame_limit));
-    if !gateway {
+    // Since when the link is retired: it carries no new calls or gossip of this node, answers
+    // what crosses it, and closes once no call crosses it and the peer had a ping interval to
+    // notice (a call it sent before then is still answered).
+    let mut retired = (!admitted.current).then(Instant::now);
+    if retired.is_some() && !gateway {
+        let _ = tx.try_send(PeerMessage::Unlink);
+    }
+    if admitted.current && !gateway {
         // What the peer needs first: this node's record, and the versions of every record held
         // (the peer asks for what it lacks and sends what this node lacks).
         let (record, versions) = fabric.with_state(|s| (s.own_record_message(), s.versions_message()));
@@ -384,8 +394,6 @@ where
     let mut last_heard = Instant::now();
     let mut stop = fabric.stop.clone();
     let mut left = false;
-    // The peer dropped the link on purpose (it is not suspected).
-    let mut unlinked = false;
     // Calls from the peer run inside this task (no task hop on the way in or out).
     let mut serving = FuturesUnordered::new();
     loop {
@@ -456,9 +464,12 @@ where
                         tracing::debug!(peer = %peer.node, message = ?other, "not a message for a gateway link");
                     }
                     PeerMessage::Unlink => {
-                        tracing::debug!(peer = %peer.node, "the peer dropped the link (partial view)");
-                        unlinked = true;
-                        break;
+                        if retired.is_none() {
+                            tracing::debug!(peer = %peer.node, "the peer retired the link");
+                            retired = Some(Instant::now());
+                            // Dropped on purpose: the peer is not suspected.
+                            fabric.with_state(|s| s.remove_link(&peer.node, link_id, true));
+                        }
                     }
                     PeerMessage::Hello { .. } | PeerMessage::Welcome { .. } | PeerMessage::Proof { .. } | PeerMessage::Refused { .. } => {
                         tracing::warn!(peer = %peer.node, "handshake message on an established link; closing it");
@@ -477,6 +488,13 @@ where
             _ = check.tick() => {
                 if fabric.with_state(|s| s.blocked.contains(&peer.node)) {
                     tracing::info!(peer = %peer.node, "link cut (fault injection)");
+                    break;
+                }
+                if retired.is_some_and(|at| at.elapsed() >= timing.ping)
+                    && serving.is_empty()
+                    && !fabric.awaits_reply_on(link_id)
+                {
+                    tracing::debug!(peer = %peer.node, "retired link is quiet; closing it");
                     break;
                 }
                 // This node itself did not run for a while (stopped, or starved of CPU): the
@@ -505,9 +523,12 @@ where
                 let _ = tx.try_send(PeerMessage::Ping { seq });
             }
             _ = stop.changed() => break,
-            _ = close.notified() => {
-                tracing::debug!(peer = %peer.node, "closing a duplicate link");
-                break;
+            _ = retire.notified(), if retired.is_none() => {
+                tracing::debug!(peer = %peer.node, "link retired");
+                retired = Some(Instant::now());
+                if !gateway {
+                    let _ = tx.try_send(PeerMessage::Unlink);
+                }
             }
         }
     }
@@ -515,7 +536,7 @@ where
         if gateway {
             s.remove_gateway(&peer.node, link_id);
         } else {
-            s.remove_link(&peer.node, link_id, unlinked);
+            s.remove_link(&peer.node, link_id, false);
             if left {
                 s.node_left(&peer.node);
             }
@@ -540,7 +561,7 @@ where
             }
         });
     }
-    if !left {
+    if !left && retired.is_none() {
         tracing::info!(peer = %peer.node, "peer link closed");
     }
 }

@@ -244,11 +244,7 @@ impl Fabric {
                 probes,
                 publish,
                 verify,
-                prune,
             } = self.with_state(|s| s.plan_maintenance(now, &self.config));
-            for tx in prune {
-                let _ = tx.try_send(PeerMessage::Unlink);
-            }
             for node in verify {
                 let me = self.clone();
                 tokio::spawn(async move {
@@ -747,6 +743,13 @@ impl Fabric {
             }
             None => tracing::debug!(id, "a reply for no call of this node (late, or not ours) was dropped"),
         }
+    }
+
+    /// Whether a call of this node waits for a reply on link `link`.
+    fn awaits_reply_on(&self, link: u64) -> bool {
+        self.pending
+            .lock()
+            .is_ok_and(|pending| pending.values().any(|p| p.link == link))
     }
 
     /// Fails every call waiting on link `link` (it went away).

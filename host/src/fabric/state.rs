@@ -40,8 +40,22 @@ pub struct LinkHandle {
     /// Which side dialed: when two nodes dial each other at once, both keep the connection
     /// dialed by the node with the smaller id.
     pub dialer: String,
-    /// Tells the link's task to close (it lost a duplicate contest).
-    pub close: Arc<tokio::sync::Notify>,
+    /// Tells the link's task that it is no longer this node's link to the peer (it lost a
+    /// duplicate contest, or was dropped from the partial view): see `Admitted::retire`.
+    pub retire: Arc<tokio::sync::Notify>,
+}
+
+/// A connection that passed the handshake, as registered.
+pub struct Admitted {
+    pub id: u64,
+    pub stats: Arc<LinkStats>,
+    /// Notified when the link is retired: nothing new is sent on it, while the calls already
+    /// crossing it (both ways) are answered before it closes.
+    pub retire: Arc<tokio::sync::Notify>,
+    /// Whether it is the node's link to the peer. A connection that lost a duplicate contest,
+    /// or came past the bound of links, starts retired: the peer may already have sent calls
+    /// on it.
+    pub current: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,8 +91,6 @@ pub struct Maintenance {
     pub publish: Option<PeerMessage>,
     /// Members no link watches, to check with a call through the fabric.
     pub verify: Vec<String>,
-    /// Links to drop (partial view over its bound): each is told with `Unlink`.
-    pub prune: Vec<mpsc::Sender<PeerMessage>>,
 }
 
 /// The round-trip time assumed for a link before its first pong (1 ms).
@@ -213,7 +225,6 @@ pub struct State {
     /// No unlinked member is checked before this (the fabric is settling after a heal).
     settle_until: Instant,
     /// Links this node dropped on purpose (their closing is no failure).
-    pruned: HashSet<String>,
     /// Seeds this node has been linked to.
     pub(super) seeds_joined: HashSet<String>,
     /// A member held dead to dial past the bound of the partial view (a partition healing).
@@ -272,7 +283,6 @@ impl State {
             links_announced: Instant::now(),
             next_check: Instant::now(),
             settle_until: Instant::now(),
-            pruned: HashSet::new(),
             seeds_joined: HashSet::new(),
             heal_dial: None,
             links: HashMap::new(),
@@ -350,8 +360,9 @@ impl State {
     }
 
     /// Registers a new authenticated link (`dialer`: the node that dialed it; `key`: the key
-    /// it proved). `None` when the node is cut off, already linked by the connection both
-    /// sides keep, or this node has all the links it may have.
+    /// it proved). `None` when the node is cut off; retired from the start when the node is
+    /// already linked by the connection both sides keep, or this node has all the links it may
+    /// have.
     pub fn add_link(
         &mut self,
         node: &str,
@@ -360,7 +371,7 @@ impl State {
         dialer: &str,
         tx: mpsc::Sender<PeerMessage>,
         max_mesh: usize,
-    ) -> Option<(u64, Arc<LinkStats>, Arc<tokio::sync::Notify>)> {
+    ) -> Option<Admitted> {
         if self.blocked.contains(node) {
             return None;
         }
@@ -369,31 +380,39 @@ impl State {
         } else {
             node.to_string()
         };
-        if let Some(existing) = self.links.get(node) {
-            if existing.dialer == preferred_dialer || dialer != preferred_dialer {
-                return None;
+        let current = match self.links.get(node) {
+            Some(existing) if existing.dialer == preferred_dialer || dialer != preferred_dialer => false,
+            // The new connection is the one both sides keep: the other retires.
+            Some(_) => {
+                self.retire_link(node);
+                true
             }
-            // The new connection is the one both sides keep: close the other.
-            existing.close.notify_one();
-            self.links.remove(node);
-        } else if !self.accepts_link(node, max_mesh) {
-            return None;
-        }
+            None => self.accepts_link(node, max_mesh),
+        };
         let id = self.next_link;
         self.next_link += 1;
         let stats = Arc::new(LinkStats::default());
         if let Some(delay) = self.delays.get(node) {
             stats.delay_us.store(*delay, Ordering::Relaxed);
         }
-        let close = Arc::new(tokio::sync::Notify::new());
+        let retire = Arc::new(tokio::sync::Notify::new());
+        let admitted = Admitted {
+            id,
+            stats: stats.clone(),
+            retire: retire.clone(),
+            current,
+        };
+        if !current {
+            return Some(admitted);
+        }
         self.links.insert(
             node.to_string(),
             LinkHandle {
                 id,
                 tx,
-                stats: stats.clone(),
+                stats,
                 dialer: dialer.to_string(),
-                close: close.clone(),
+                retire,
             },
         );
         self.backoff.remove(url);
@@ -418,7 +437,7 @@ impl State {
         member.since = Instant::now();
         member.probed = None;
         self.topology_changed();
-        Some((id, stats, close))
+        Some(admitted)
     }
 
     /// Members held alive or suspect.
@@ -453,12 +472,20 @@ impl State {
         }
     }
 
+    /// Stops using the link to `node` (without suspecting the node) and tells its task to
+    /// retire it.
+    fn retire_link(&mut self, node: &str) {
+        if let Some(link) = self.links.remove(node) {
+            link.retire.notify_one();
+            self.topology_changed();
+        }
+    }
+
     /// Forgets link `id` of `node`; its node becomes a suspect unless it left, or the link was
-    /// dropped on purpose (`quietly`, or pruned by this node).
+    /// dropped on purpose (`quietly`).
     pub fn remove_link(&mut self, node: &str, id: u64, quietly: bool) {
         if self.links.get(node).is_some_and(|l| l.id == id) {
             self.links.remove(node);
-            let quietly = self.pruned.remove(node) || quietly;
             if let Some(member) = self.members.get_mut(node) {
                 if member.status == Status::Alive && !quietly {
                     member.status = Status::Suspect;
@@ -913,7 +940,7 @@ impl State {
         });
         let wanted = if self.partial(config.max_mesh) {
             let view = config.max_mesh.min(PARTIAL_VIEW);
-            plan.prune = self.surplus_links(2 * view);
+            self.retire_surplus_links(2 * view);
             self.partial_view_wanted(view)
         } else {
             self.full_mesh_wanted(config.max_mesh)
@@ -948,11 +975,11 @@ impl State {
             .clamp(LINKS_ANNOUNCE_MIN, LINKS_ANNOUNCE_MAX)
     }
 
-    /// Links over `cap` to drop (the fabric outgrew the full mesh, or many peers picked this
+    /// Retires links over `cap` (the fabric outgrew the full mesh, or many peers picked this
     /// node): never a ring neighbour, a seed or a link with calls in flight.
-    fn surplus_links(&mut self, cap: usize) -> Vec<mpsc::Sender<PeerMessage>> {
+    fn retire_surplus_links(&mut self, cap: usize) {
         if self.links.len() <= cap {
-            return Vec::new();
+            return;
         }
         let keep: HashSet<String> = self.ring_neighbours().into_iter().collect();
         let seeds: HashSet<&str> = self.seeds.iter().map(String::as_str).collect();
@@ -967,16 +994,11 @@ impl State {
             .map(|(node, _)| node.clone())
             .collect();
         candidates.sort();
-        let mut out = Vec::new();
-        while self.links.len() - out.len() > cap && !candidates.is_empty() {
+        while self.links.len() > cap && !candidates.is_empty() {
             let pick = (self.random() % candidates.len() as u64) as usize;
             let node = candidates.swap_remove(pick);
-            if let Some(link) = self.links.get(&node) {
-                self.pruned.insert(node.clone());
-                out.push(link.tx.clone());
-            }
+            self.retire_link(&node);
         }
-        out
     }
 
     /// This node's two neighbours on the ring of live members.
@@ -1516,5 +1538,35 @@ mod tests {
         );
         state.dial_failed("ws://x", true);
         assert_eq!(status(&state, "x"), Some(Status::Suspect));
+    }
+
+    #[test]
+    fn a_duplicate_connection_retires_without_raising_suspicion() {
+        use futures_util::FutureExt;
+        let mut state = State::new(&config("a"));
+        let b = NodeKey::generate().public();
+        let connect = |state: &mut State, dialer: &str| {
+            let (tx, _rx) = mpsc::channel(1);
+            state.add_link("b", "ws://b", b, dialer, tx, 32).expect("not cut off")
+        };
+        let first = connect(&mut state, "b");
+        assert!(first.current);
+        // Both nodes dialed at once: the connection dialed by the smaller id is the one both
+        // keep, whichever arrives first.
+        let kept = connect(&mut state, "a");
+        assert!(kept.current);
+        assert!(
+            first.retire.notified().now_or_never().is_some(),
+            "the first one is retired"
+        );
+        let late = connect(&mut state, "b");
+        assert!(!late.current, "a later duplicate starts retired");
+        assert!(kept.retire.notified().now_or_never().is_none());
+        assert_eq!(state.links.get("b").map(|l| l.id), Some(kept.id));
+        // The retired connections close: the node keeps its link and is not suspected.
+        state.remove_link("b", first.id, false);
+        state.remove_link("b", late.id, false);
+        assert_eq!(state.links.get("b").map(|l| l.id), Some(kept.id));
+        assert_eq!(status(&state, "b"), Some(Status::Alive));
     }
 }
