@@ -41,10 +41,16 @@ impl Fabric {
                 }
             }
             PeerMessage::Want { nodes } => {
-                for record in self.with_state(|s| s.records_of(&nodes)) {
+                let records = self.with_state(|s| {
+                    s.grafted_by(peer);
+                    s.records_of(&nodes)
+                });
+                for record in records {
                     let _ = tx.try_send(record);
                 }
             }
+            PeerMessage::Have { records } => self.with_state(|s| s.announced(peer, records)),
+            PeerMessage::Prune => self.with_state(|s| s.pruned_by(peer)),
             PeerMessage::Leave { node } => {
                 if node == self.config.node_id {
                     if !self.is_leaving() {
@@ -88,14 +94,18 @@ impl Fabric {
     /// Takes a record (relayed or from its node) and relays it when it is news.
     fn on_record(&self, peer: &str, record: NodeRecord) {
         match self.with_state(|s| s.accept_record(&record, peer)) {
-            Accepted::New => {
-                let targets = self.with_state(|s| s.relay_targets(&record.body, peer));
+            Accepted::New { served_changed } => {
+                let targets = self.with_state(|s| s.relay_targets(&record.body, peer, served_changed));
                 let message = PeerMessage::Record(record);
-                for (_, tx) in targets {
+                for tx in targets {
                     let _ = tx.try_send(message.clone());
                 }
             }
-            Accepted::Stale => {}
+            Accepted::Stale => {
+                if let Some(tx) = self.with_state(|s| s.duplicate_from(peer, &record.body.node, record.body.version)) {
+                    let _ = tx.try_send(PeerMessage::Prune);
+                }
+            }
             Accepted::Refused(reason) => {
                 tracing::warn!(node = %record.body.node, relayed_by = %peer, "refused a record: {reason}");
             }

@@ -27,6 +27,7 @@ mod link;
 pub mod modules;
 mod route;
 mod state;
+mod tree;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -244,7 +245,11 @@ impl Fabric {
                 probes,
                 publish,
                 verify,
+                tree,
             } = self.with_state(|s| s.plan_maintenance(now, &self.config));
+            for (tx, message) in tree {
+                let _ = tx.try_send(message);
+            }
             for node in verify {
                 let me = self.clone();
                 tokio::spawn(async move {

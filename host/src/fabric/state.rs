@@ -91,6 +91,8 @@ pub struct Maintenance {
     pub publish: Option<PeerMessage>,
     /// Members no link watches, to check with a call through the fabric.
     pub verify: Vec<String>,
+    /// Announcements of records to lazy links, and requests for what they announced.
+    pub tree: Vec<(mpsc::Sender<PeerMessage>, PeerMessage)>,
 }
 
 /// The round-trip time assumed for a link before its first pong (1 ms).
@@ -182,7 +184,11 @@ pub struct Comparison {
 
 /// Whether a record was taken.
 pub enum Accepted {
-    New,
+    /// `served_changed`: the record changes what its node serves or routes to (compared with the
+    /// one held before), not only its links.
+    New {
+        served_changed: bool,
+    },
     /// Already held (or older, or of a node held dead at that incarnation).
     Stale,
     Refused(&'static str),
@@ -224,7 +230,6 @@ pub struct State {
     next_check: Instant,
     /// No unlinked member is checked before this (the fabric is settling after a heal).
     settle_until: Instant,
-    /// Links this node dropped on purpose (their closing is no failure).
     /// Seeds this node has been linked to.
     pub(super) seeds_joined: HashSet<String>,
     /// A member held dead to dial past the bound of the partial view (a partition healing).
@@ -232,6 +237,8 @@ pub struct State {
     /// Nodes this node refuses to talk to (fault injection in tests).
     pub blocked: HashSet<String>,
     pub(super) links: HashMap<String, LinkHandle>,
+    /// Which links records are pushed on (the others announce them).
+    pub(super) tree: super::tree::Tree,
     members: HashMap<String, Member>,
     pub(super) records: HashMap<String, NodeRecord>,
     /// Moves whenever a record is taken or dropped.
@@ -286,6 +293,7 @@ impl State {
             seeds_joined: HashSet::new(),
             heal_dial: None,
             links: HashMap::new(),
+            tree: Default::default(),
             members: HashMap::new(),
             records: HashMap::new(),
             records_watch: tokio::sync::watch::Sender::new(0),
@@ -415,6 +423,7 @@ impl State {
                 retire,
             },
         );
+        self.tree.linked(node);
         self.backoff.remove(url);
         if self.seeds.iter().any(|s| s == url) {
             self.seeds_joined.insert(url.to_string());
@@ -649,22 +658,26 @@ impl State {
         }
         member.incarnation = member.incarnation.max(body.incarnation);
         member.heard = member.heard.max(body.version);
-        self.records.insert(body.node.clone(), record.clone());
+        let served_changed = self
+            .records
+            .insert(body.node.clone(), record.clone())
+            .is_some_and(|held| held.body.entries != body.entries || held.body.routes != body.routes);
         self.learned_from.insert(body.node.clone(), from.to_string());
         self.records_changed();
-        Accepted::New
+        Accepted::New { served_changed }
     }
 
-    /// Links a new record (received from `from`) is relayed on: every link but the sender's,
-    /// the owner's, and those to the nodes the record itself lists as the owner's neighbours
-    /// (the owner sent it to them when it signed it; a link made since pulls it).
-    pub fn relay_targets(&self, record: &RecordBody, from: &str) -> Vec<(String, mpsc::Sender<PeerMessage>)> {
-        self.links
-            .iter()
-            .filter(|(node, _)| node.as_str() != from && **node != record.node)
-            .filter(|(node, _)| !record.neighbours.contains(node))
-            .map(|(node, l)| (node.clone(), l.tx.clone()))
-            .collect()
+    /// Whether a record of `node` at `version` would be news here: newer than the one held, and
+    /// for a node held dead, signed after the last one heard before its death.
+    pub(super) fn lacks_record(&self, node: &str, version: u64) -> bool {
+        if node == self.me || self.records.get(node).is_some_and(|r| r.body.version >= version) {
+            return false;
+        }
+        match self.members.get(node).map(|m| (m.status, m.heard)) {
+            Some((Status::Dead, heard)) => version > heard,
+            Some((Status::Left, _)) => false,
+            _ => true,
+        }
     }
 
     /// The records held for `nodes` (this node's own included).
@@ -966,6 +979,7 @@ impl State {
         if self.links_changed && now.duration_since(self.links_announced) >= self.links_announce_interval() {
             plan.publish = Some(self.republish());
         }
+        plan.tree = self.tree_messages(now);
         plan
     }
 
@@ -1385,10 +1399,10 @@ pub(super) fn matches(e: &CatalogEntry, fun: &str, selector: &Selector) -> bool 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn config(node: &str) -> FabricConfig {
+    pub(crate) fn config(node: &str) -> FabricConfig {
         FabricConfig {
             node_id: node.into(),
             key: NodeKey::generate(),
@@ -1408,7 +1422,7 @@ mod tests {
         }
     }
 
-    fn record(key: &NodeKey, node: &str, incarnation: u64, version: u64) -> NodeRecord {
+    pub(crate) fn record(key: &NodeKey, node: &str, incarnation: u64, version: u64) -> NodeRecord {
         let body = RecordBody {
             node: node.into(),
             key: key.public(),
@@ -1432,7 +1446,7 @@ mod tests {
         let x = NodeKey::generate();
         assert!(matches!(
             state.accept_record(&record(&x, "x", 1, 10), "b"),
-            Accepted::New
+            Accepted::New { .. }
         ));
         // Declared dead by a node that last heard version 9: this node holds 10.
         let stale = Death {
@@ -1466,7 +1480,7 @@ mod tests {
         assert_eq!(status(&state, "x"), Some(Status::Dead));
         assert!(matches!(
             state.accept_record(&record(&x, "x", 1, 11), "b"),
-            Accepted::New
+            Accepted::New { .. }
         ));
         assert_eq!(status(&state, "x"), Some(Status::Alive));
     }

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use super::identity::{self, NodeKey};
 
 /// Version of the peer protocol; nodes of different versions refuse each other.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The WebSocket path of the peer protocol on a node's listener.
 pub const PEER_PATH: &str = "/fabric";
@@ -68,10 +68,18 @@ pub enum PeerMessage {
         alive: Vec<(String, u64)>,
         dead: Vec<Death>,
     },
-    /// The sender wants these nodes' records.
+    /// The sender wants these nodes' records (and records pushed on this link again: see
+    /// `fabric::tree`).
     Want {
         nodes: Vec<String>,
     },
+    /// The sender took these record versions (node, version); the link does not push them.
+    Have {
+        records: Vec<(String, u64)>,
+    },
+    /// The sender got a record it held already on this link: push records on it no more, only
+    /// announce them.
+    Prune,
     /// `node` leaves the fabric now (relayed).
     Leave {
         node: String,

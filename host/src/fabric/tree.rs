@@ -1,0 +1,318 @@
+//! The tree records are pushed along, after Plumtree (Leitão, Pereira and Rodrigues, 2007).
+//!
+//! A new record version is pushed on every link at first. A link that delivers a version this
+//! node holds already leaves the tree: this node tells the peer (`Prune`) and both ends stop
+//! pushing records on it. On such a lazy link a node only announces the versions it takes
+//! (`Have`, batched each maintenance tick). A version announced and not pushed within
+//! `GRAFT_WAIT` is asked for (`Want`), which puts the link back on the tree. Each version then
+//! crosses about one link per node instead of every link; the announcements repair the tree
+//! when a link on it goes away. A record's owner still sends it on all its links.
+//!
+//! Most versions only change a node's links. A version that changes what its node serves (or
+//! routes to other clusters) is flooded on every link instead: a new command is callable
+//! everywhere after the fewest hops, not after a walk down the tree. Duplicates of a flooded
+//! version are expected and prune nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::state::State;
+use super::wire::{PeerMessage, RecordBody};
+
+/// How long a version announced on a lazy link may take to come by the tree before it is
+/// asked for. Longer than a few hops on a busy machine; a graft made too early only costs a
+/// duplicate and a prune.
+pub const GRAFT_WAIT: Duration = Duration::from_millis(200);
+
+/// Versions waited for at most (a peer's announcements cannot grow the map without bound).
+const MAX_MISSING: usize = 4096;
+
+/// Announcements queued for one link at most between two ticks.
+const MAX_HAVES: usize = 1024;
+
+/// Which links are on the tree, and what lazy links announced.
+#[derive(Default)]
+pub struct Tree {
+    /// Links records are announced on, not pushed.
+    lazy: HashSet<String>,
+    /// Announcements to send at the next tick, per link.
+    haves: HashMap<String, Vec<(String, u64)>>,
+    /// Versions announced and not received yet, per node.
+    missing: HashMap<String, Missing>,
+    /// The last version of each node that was flooded.
+    flooded: HashMap<String, u64>,
+}
+
+struct Missing {
+    version: u64,
+    /// The link that announced it first.
+    from: String,
+    due: Instant,
+}
+
+impl Tree {
+    /// A new link is on the tree.
+    pub fn linked(&mut self, node: &str) {
+        self.lazy.remove(node);
+        self.haves.remove(node);
+    }
+}
+
+impl State {
+    /// The links a new record (from `from`: its owner, or a relay) is pushed on: every link
+    /// when it is to be flooded (`flood`), else the links on the tree, while lazy links get an
+    /// announcement at the next tick. Skipped: the sender, the owner, and the nodes the record
+    /// lists as the owner's neighbours (the owner sent it to them when it signed it; a link made
+    /// since pulls it).
+    pub fn relay_targets(&mut self, record: &RecordBody, from: &str, flood: bool) -> Vec<mpsc::Sender<PeerMessage>> {
+        if self
+            .tree
+            .missing
+            .get(&record.node)
+            .is_some_and(|m| m.version <= record.version)
+        {
+            self.tree.missing.remove(&record.node);
+        }
+        if flood {
+            self.tree.flooded.insert(record.node.clone(), record.version);
+        } else if from != record.node {
+            // The link that brought it first is on the tree.
+            self.tree.lazy.remove(from);
+        }
+        let mut eager = Vec::new();
+        for (node, link) in &self.links {
+            if node == from || *node == record.node || record.neighbours.contains(node) {
+                continue;
+            }
+            if !flood && self.tree.lazy.contains(node) {
+                let queue = self.tree.haves.entry(node.clone()).or_default();
+                if queue.len() < MAX_HAVES {
+                    queue.push((record.node.clone(), record.version));
+                }
+            } else {
+                eager.push(link.tx.clone());
+            }
+        }
+        eager
+    }
+
+    /// `from` pushed a record version of `owner` this node held already: the link leaves the
+    /// tree. The link to tell (`Prune`) the first time; never for the owner's own push or a
+    /// flooded version.
+    pub fn duplicate_from(&mut self, from: &str, owner: &str, version: u64) -> Option<mpsc::Sender<PeerMessage>> {
+        if from == owner || self.tree.flooded.get(owner) == Some(&version) {
+            return None;
+        }
+        let link = self.links.get(from)?;
+        self.tree.lazy.insert(from.to_string()).then(|| link.tx.clone())
+    }
+
+    /// The peer pruned its link to this node: records are only announced on it.
+    pub fn pruned_by(&mut self, peer: &str) {
+        if self.links.contains_key(peer) {
+            self.tree.lazy.insert(peer.to_string());
+        }
+    }
+
+    /// The peer asked for records: the link is on the tree again.
+    pub fn grafted_by(&mut self, peer: &str) {
+        self.tree.lazy.remove(peer);
+    }
+
+    /// The peer announced record versions: those this node lacks are asked for unless the tree
+    /// brings them within `GRAFT_WAIT`.
+    pub fn announced(&mut self, peer: &str, haves: Vec<(String, u64)>) {
+        let due = Instant::now() + GRAFT_WAIT;
+        for (node, version) in haves {
+            if !self.lacks_record(&node, version) {
+                continue;
+            }
+            let waiting = self.tree.missing.len();
+            match self.tree.missing.get_mut(&node) {
+                Some(missing) => missing.version = missing.version.max(version),
+                None if waiting < MAX_MISSING => {
+                    self.tree.missing.insert(
+                        node,
+                        Missing {
+                            version,
+                            from: peer.to_string(),
+                            due,
+                        },
+                    );
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// What the tree sends at a maintenance tick: the announcements queued, and a `Want` to
+    /// each link that announced versions that did not come in time (which grafts it).
+    pub fn tree_messages(&mut self, now: Instant) -> Vec<(mpsc::Sender<PeerMessage>, PeerMessage)> {
+        let mut out = Vec::new();
+        for (node, mut records) in self.tree.haves.drain() {
+            let Some(link) = self.links.get(&node) else {
+                continue;
+            };
+            // The newest version of each node.
+            records.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            records.dedup_by(|later, first| later.0 == first.0);
+            out.push((link.tx.clone(), PeerMessage::Have { records }));
+        }
+        let due: Vec<String> = self
+            .tree
+            .missing
+            .iter()
+            .filter(|(_, m)| m.due <= now)
+            .map(|(node, _)| node.clone())
+            .collect();
+        let mut wants: HashMap<String, Vec<String>> = HashMap::new();
+        for node in due {
+            let Some(missing) = self.tree.missing.remove(&node) else {
+                continue;
+            };
+            if self.lacks_record(&node, missing.version) {
+                wants.entry(missing.from).or_default().push(node);
+            }
+        }
+        for (peer, nodes) in wants {
+            if let Some(link) = self.links.get(&peer) {
+                self.tree.lazy.remove(&peer);
+                out.push((link.tx.clone(), PeerMessage::Want { nodes }));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fabric::identity::NodeKey;
+    use crate::fabric::state::tests::{config, record};
+    use crate::fabric::state::Accepted;
+    use crate::fabric::wire::{CatalogEntry, NodeRecord};
+
+    fn entry(command: &str) -> CatalogEntry {
+        CatalogEntry {
+            command: command.into(),
+            tags: Vec::new(),
+            version: "1.0.0".into(),
+            digest: String::new(),
+            tenant: String::new(),
+            public: true,
+            plugin: "p".into(),
+            size: 0,
+            replica_of: None,
+        }
+    }
+
+    /// A link from `me` to `node`, and the receiving end of its queue.
+    fn link(state: &mut State, node: &str) -> mpsc::Receiver<PeerMessage> {
+        let (tx, rx) = mpsc::channel(16);
+        let key = NodeKey::generate().public();
+        state.add_link(node, &format!("ws://{node}"), key, node, tx, 32);
+        rx
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<PeerMessage>) -> Vec<PeerMessage> {
+        let mut out = Vec::new();
+        while let Ok(message) = rx.try_recv() {
+            out.push(message);
+        }
+        out
+    }
+
+    #[test]
+    fn a_link_that_pushes_a_duplicate_is_pruned_and_only_announced_to() {
+        let mut state = State::new(&config("a"));
+        let mut b = link(&mut state, "b");
+        let mut c = link(&mut state, "c");
+        let x = NodeKey::generate();
+        let first = record(&x, "x", 1, 10);
+        assert!(matches!(state.accept_record(&first, "b"), Accepted::New { .. }));
+        assert_eq!(state.relay_targets(&first.body, "b", false).len(), 1, "pushed on to c");
+        // c pushes the same version: a duplicate.
+        assert!(matches!(state.accept_record(&first, "c"), Accepted::Stale));
+        let prune = state.duplicate_from("c", "x", 10).expect("the first duplicate prunes");
+        assert!(prune.same_channel(&state.links["c"].tx));
+        assert!(state.duplicate_from("c", "x", 10).is_none(), "once");
+        assert!(
+            state.duplicate_from("x", "x", 10).is_none(),
+            "the owner's own push never prunes"
+        );
+
+        let second = record(&x, "x", 1, 11);
+        assert!(matches!(state.accept_record(&second, "b"), Accepted::New { .. }));
+        assert!(
+            state.relay_targets(&second.body, "b", false).is_empty(),
+            "c is lazy now"
+        );
+        let messages = state.tree_messages(Instant::now());
+        assert_eq!(messages.len(), 1);
+        assert!(messages[0].0.same_channel(&state.links["c"].tx));
+        assert!(matches!(&messages[0].1, PeerMessage::Have { records } if records == &[("x".to_string(), 11)]));
+        drain(&mut b);
+        drain(&mut c);
+
+        // A version that changes what x serves is flooded, lazy links included; its duplicates
+        // prune nothing.
+        let mut serving = record(&x, "x", 1, 12);
+        serving.body.entries.push(entry("x.new"));
+        let serving = NodeRecord::signed(serving.body, &x).unwrap();
+        assert!(matches!(
+            state.accept_record(&serving, "b"),
+            Accepted::New { served_changed: true }
+        ));
+        assert_eq!(state.relay_targets(&serving.body, "b", true).len(), 1, "c too");
+        state.grafted_by("b");
+        assert!(state.duplicate_from("b", "x", 12).is_none());
+
+        // c asks for a record: the link is on the tree again.
+        state.grafted_by("c");
+        let fourth = record(&x, "x", 1, 13);
+        assert!(
+            matches!(
+                state.accept_record(&fourth, "b"),
+                Accepted::New { served_changed: true }
+            ),
+            "x no longer serves x.new"
+        );
+        assert_eq!(state.relay_targets(&fourth.body, "b", false).len(), 1);
+    }
+
+    #[test]
+    fn a_version_announced_and_not_pushed_in_time_is_asked_for() {
+        let mut state = State::new(&config("a"));
+        let _b = link(&mut state, "b");
+        let _c = link(&mut state, "c");
+        let x = NodeKey::generate();
+        let y = NodeKey::generate();
+        state.pruned_by("c");
+        state.announced("c", vec![("x".into(), 10), ("y".into(), 5), ("a".into(), 99)]);
+        assert!(state.tree_messages(Instant::now()).is_empty(), "not before the wait");
+        // x comes by the tree in time; y does not.
+        let pushed = record(&x, "x", 1, 10);
+        assert!(matches!(state.accept_record(&pushed, "b"), Accepted::New { .. }));
+        state.relay_targets(&pushed.body, "b", false);
+        let later = Instant::now() + GRAFT_WAIT;
+        let messages = state.tree_messages(later);
+        let wants: Vec<&PeerMessage> = messages
+            .iter()
+            .filter(|(tx, _)| tx.same_channel(&state.links["c"].tx))
+            .map(|(_, m)| m)
+            .filter(|m| matches!(m, PeerMessage::Want { .. }))
+            .collect();
+        assert!(
+            matches!(wants.as_slice(), [PeerMessage::Want { nodes }] if nodes == &["y".to_string()]),
+            "{wants:?}"
+        );
+        assert!(state.tree_messages(later).is_empty(), "asked once");
+        // Asking grafted the link: c gets the next record pushed.
+        let next = record(&y, "y", 1, 6);
+        assert!(matches!(state.accept_record(&next, "b"), Accepted::New { .. }));
+        assert_eq!(state.relay_targets(&next.body, "b", false).len(), 1);
+    }
+}
