@@ -370,7 +370,7 @@ where
     // notice (a call it sent before then is still answered).
     let mut retired = (!admitted.current).then(Instant::now);
     if retired.is_some() && !gateway {
-        let _ = tx.try_send(PeerMessage::Unlink);
+        queue(&tx, PeerMessage::Unlink);
     }
     if admitted.current && !gateway {
         // What the peer needs first: this node's record, and the versions of every record held
@@ -527,7 +527,7 @@ where
                 tracing::debug!(peer = %peer.node, "link retired");
                 retired = Some(Instant::now());
                 if !gateway {
-                    let _ = tx.try_send(PeerMessage::Unlink);
+                    queue(&tx, PeerMessage::Unlink);
                 }
             }
         }

@@ -700,30 +700,23 @@ impl Fabric {
         }
         route.stats.inflight.fetch_add(1, Ordering::Relaxed);
         route.inflight.fetch_add(1, Ordering::Relaxed);
-        let _guards = (Inflight(&route.stats.inflight), Inflight(&route.inflight));
-        let forget = || {
-            if let Ok(mut pending) = self.pending.lock() {
-                pending.remove(&id);
-            }
-        };
+        let _guards = (
+            Inflight(&route.stats.inflight),
+            Inflight(&route.inflight),
+            Forget {
+                pending: &self.pending,
+                id,
+            },
+        );
         match tokio::time::timeout_at(deadline, route.tx.send(PeerMessage::Call(request))).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                forget();
-                return Exchange::NotSent;
-            }
-            Err(_) => {
-                forget();
-                return Exchange::Full;
-            }
+            Ok(Err(_)) => return Exchange::NotSent,
+            Err(_) => return Exchange::Full,
         }
         match tokio::time::timeout_at(deadline + Duration::from_millis(50), answer).await {
             Ok(Ok(outcome)) => Exchange::Answered(outcome),
             Ok(Err(_)) => Exchange::Lost,
-            Err(_) => {
-                forget();
-                Exchange::TimedOut
-            }
+            Err(_) => Exchange::TimedOut,
         }
     }
 
@@ -1037,6 +1030,22 @@ struct Inflight<'a>(&'a std::sync::atomic::AtomicUsize);
 impl Drop for Inflight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Drops a call's entry among the pending calls when its exchange ends, however it ends: a
+/// reply, a timeout, or a caller that went away (its future dropped mid-call). A retired link
+/// waits for its pending calls before closing, so a leaked entry would hold it open.
+struct Forget<'a> {
+    pending: &'a Mutex<HashMap<u64, Pending>>,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(&self.id);
+        }
     }
 }
 

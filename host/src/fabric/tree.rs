@@ -9,9 +9,12 @@
 //! when a link on it goes away. A record's owner still sends it on all its links.
 //!
 //! Most versions only change a node's links. A version that changes what its node serves (or
-//! routes to other clusters) is flooded on every link instead: a new command is callable
-//! everywhere after the fewest hops, not after a walk down the tree. Duplicates of a flooded
-//! version are expected and prune nothing.
+//! routes to other clusters), compared with the version held, is flooded on every link instead:
+//! a command added to a running node is callable everywhere after the fewest hops, not after a
+//! walk down the tree. Duplicates of a flooded version are expected and prune nothing. The
+//! first record of a node (new, or back from the dead) has nothing to compare with and goes down
+//! the tree: at a heal or a start every node has one, and flooding them all is what the tree
+//! saves.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -100,14 +103,16 @@ impl State {
     }
 
     /// `from` pushed a record version of `owner` this node held already: the link leaves the
-    /// tree. The link to tell (`Prune`) the first time; never for the owner's own push or a
-    /// flooded version.
+    /// tree. The link to tell (`Prune`); every time, since the peer may have put the link back
+    /// on its tree since (a `Want` of this node's, or a `Prune` lost). Never for the owner's own
+    /// push or a flooded version.
     pub fn duplicate_from(&mut self, from: &str, owner: &str, version: u64) -> Option<mpsc::Sender<PeerMessage>> {
         if from == owner || self.tree.flooded.get(owner) == Some(&version) {
             return None;
         }
         let link = self.links.get(from)?;
-        self.tree.lazy.insert(from.to_string()).then(|| link.tx.clone())
+        self.tree.lazy.insert(from.to_string());
+        Some(link.tx.clone())
     }
 
     /// The peer pruned its link to this node: records are only announced on it.
@@ -236,9 +241,8 @@ mod tests {
         assert_eq!(state.relay_targets(&first.body, "b", false).len(), 1, "pushed on to c");
         // c pushes the same version: a duplicate.
         assert!(matches!(state.accept_record(&first, "c"), Accepted::Stale));
-        let prune = state.duplicate_from("c", "x", 10).expect("the first duplicate prunes");
+        let prune = state.duplicate_from("c", "x", 10).expect("a duplicate prunes");
         assert!(prune.same_channel(&state.links["c"].tx));
-        assert!(state.duplicate_from("c", "x", 10).is_none(), "once");
         assert!(
             state.duplicate_from("x", "x", 10).is_none(),
             "the owner's own push never prunes"
