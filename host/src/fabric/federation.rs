@@ -192,29 +192,11 @@ impl State {
             }
             None => true,
         };
-        let id = self.next_link;
-        self.next_link += 1;
-        let stats = std::sync::Arc::new(LinkStats::default());
-        if let Some(delay) = self.delays.get(node) {
-            stats.delay_us.store(*delay, Ordering::Relaxed);
-        }
-        let retire = std::sync::Arc::new(tokio::sync::Notify::new());
-        let admitted = Admitted {
-            id,
-            stats: stats.clone(),
-            retire: retire.clone(),
-            current,
-        };
+        let admitted = self.admit(node, current);
         if !current {
             return Some(admitted);
         }
-        let handle = LinkHandle {
-            id,
-            tx,
-            stats,
-            dialer: dialer.to_string(),
-            retire,
-        };
+        let handle = admitted.handle(tx, dialer);
         if self.seeds.iter().any(|s| s == url) {
             self.seeds_joined.insert(url.to_string());
             self.gateway_seeds.insert(url.to_string());

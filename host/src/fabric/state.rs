@@ -58,6 +58,19 @@ pub struct Admitted {
     pub current: bool,
 }
 
+impl Admitted {
+    /// What the node keeps of its link to the peer, when the connection is the current one.
+    pub fn handle(&self, tx: mpsc::Sender<PeerMessage>, dialer: &str) -> LinkHandle {
+        LinkHandle {
+            id: self.id,
+            tx,
+            stats: self.stats.clone(),
+            dialer: dialer.to_string(),
+            retire: self.retire.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Alive,
@@ -397,32 +410,11 @@ impl State {
             }
             None => self.accepts_link(node, max_mesh),
         };
-        let id = self.next_link;
-        self.next_link += 1;
-        let stats = Arc::new(LinkStats::default());
-        if let Some(delay) = self.delays.get(node) {
-            stats.delay_us.store(*delay, Ordering::Relaxed);
-        }
-        let retire = Arc::new(tokio::sync::Notify::new());
-        let admitted = Admitted {
-            id,
-            stats: stats.clone(),
-            retire: retire.clone(),
-            current,
-        };
+        let admitted = self.admit(node, current);
         if !current {
             return Some(admitted);
         }
-        self.links.insert(
-            node.to_string(),
-            LinkHandle {
-                id,
-                tx,
-                stats,
-                dialer: dialer.to_string(),
-                retire,
-            },
-        );
+        self.links.insert(node.to_string(), admitted.handle(tx, dialer));
         self.tree.linked(node);
         self.backoff.remove(url);
         if self.seeds.iter().any(|s| s == url) {
@@ -447,6 +439,22 @@ impl State {
         member.probed = None;
         self.topology_changed();
         Some(admitted)
+    }
+
+    /// A new connection to `node`, numbered, with the delay set for it (fault injection).
+    pub(super) fn admit(&mut self, node: &str, current: bool) -> Admitted {
+        let id = self.next_link;
+        self.next_link += 1;
+        let stats = Arc::new(LinkStats::default());
+        if let Some(delay) = self.delays.get(node) {
+            stats.delay_us.store(*delay, Ordering::Relaxed);
+        }
+        Admitted {
+            id,
+            stats,
+            retire: Arc::new(tokio::sync::Notify::new()),
+            current,
+        }
     }
 
     /// Members held alive or suspect.
