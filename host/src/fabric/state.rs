@@ -622,11 +622,7 @@ impl State {
             // A node held dead comes back with a higher incarnation (it refuted the death, or
             // restarted), or with a record signed after the last one heard of before its death
             // (it was alive beyond a partition). A node that left comes back only restarted.
-            let outlived = match member.status {
-                Status::Dead => body.version > member.heard,
-                Status::Left => false,
-                Status::Alive | Status::Suspect => true,
-            };
+            let outlived = self.lacks_record(&body.node, body.version);
             if !linked && !outlived && body.incarnation <= member.incarnation {
                 return Accepted::Stale;
             }
@@ -676,7 +672,8 @@ impl State {
     }
 
     /// Whether a record of `node` at `version` would be news here: newer than the one held, and
-    /// for a node held dead, signed after the last one heard before its death.
+    /// for a node held dead, signed after the last one heard before its death (a node that left
+    /// comes back only restarted, which a version alone does not show).
     pub(super) fn lacks_record(&self, node: &str, version: u64) -> bool {
         if node == self.me || self.records.get(node).is_some_and(|r| r.body.version >= version) {
             return false;
