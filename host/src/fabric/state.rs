@@ -108,7 +108,7 @@ pub struct Maintenance {
     pub tree: Vec<(mpsc::Sender<PeerMessage>, PeerMessage)>,
 }
 
-/// The round-trip time assumed for a link before its first pong (1 ms).
+/// The round-trip time assumed for a link before its first pong when no link is measured (1 ms).
 const UNMEASURED_RTT_US: u64 = 1000;
 
 /// How long peers have to vouch for a suspect (or the suspect to answer a call sent through
@@ -401,16 +401,21 @@ impl State {
         } else {
             node.to_string()
         };
+        // The round trip measured on a connection this one replaces: the same peer over the same
+        // path (a new link counts as slow until its first pong, which would mislead routing).
+        let mut measured_rtt = 0;
         let current = match self.links.get(node) {
             Some(existing) if existing.dialer == preferred_dialer || dialer != preferred_dialer => false,
             // The new connection is the one both sides keep: the other retires.
-            Some(_) => {
+            Some(existing) => {
+                measured_rtt = existing.stats.rtt_us.load(Ordering::Relaxed);
                 self.retire_link(node);
                 true
             }
             None => self.accepts_link(node, max_mesh),
         };
         let admitted = self.admit(node, current);
+        admitted.stats.rtt_us.store(measured_rtt, Ordering::Relaxed);
         if !current {
             return Some(admitted);
         }
@@ -1195,11 +1200,19 @@ impl State {
                 if b >= a {
                     b += 1;
                 }
+                // A link not measured yet counts as the slowest measured one (1 ms when none
+                // is): never as the fastest, and not so slow that load elsewhere is ignored.
+                let unmeasured = self
+                    .links
+                    .values()
+                    .map(|l| l.stats.rtt_us.load(Ordering::Relaxed))
+                    .max()
+                    .filter(|slowest| *slowest > 0)
+                    .unwrap_or(UNMEASURED_RTT_US);
                 let score = |(node, via, hops): &(String, String, u32)| {
                     self.links.get(via).map_or(u64::MAX, |l| {
-                        // A link not measured yet counts as slow-ish, never as the fastest.
                         let rtt = match l.stats.rtt_us.load(Ordering::Relaxed) {
-                            0 => UNMEASURED_RTT_US,
+                            0 => unmeasured,
                             measured => measured,
                         };
                         let inflight = self.inflight.get(node).map_or(0, |c| c.load(Ordering::Relaxed));
@@ -1570,10 +1583,12 @@ pub(crate) mod tests {
         };
         let first = connect(&mut state, "b");
         assert!(first.current);
+        first.stats.rtt_us.store(250, Ordering::Relaxed);
         // Both nodes dialed at once: the connection dialed by the smaller id is the one both
-        // keep, whichever arrives first.
+        // keep, whichever arrives first. It starts with the round trip measured on the other.
         let kept = connect(&mut state, "a");
         assert!(kept.current);
+        assert_eq!(kept.stats.rtt_us.load(Ordering::Relaxed), 250);
         assert!(
             first.retire.notified().now_or_never().is_some(),
             "the first one is retired"
