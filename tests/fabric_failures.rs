@@ -45,6 +45,39 @@ async fn a_node_that_leaves_is_dropped_at_once() {
     assert!(!servers_of(&hub, "text.upper").await.is_empty());
     n1.process.wait().await.unwrap();
     eprintln!("graceful leave seen by the hub after {dropped:?}");
+
+    // An operator lists the members in some states only; the counts cover every member.
+    let client = hub.client().await;
+    let mut kwargs = no_kwargs();
+    kwargs.insert("state".into(), json!("left"));
+    let report = client.call("weft.peers", vec![], kwargs, &[]).await.unwrap();
+    let listed: Vec<&str> = report["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [id1.as_str()]);
+    assert_eq!(
+        report["counts"],
+        json!({"alive": 1, "suspect": 0, "dead": 0, "left": 1})
+    );
+    let mut kwargs = no_kwargs();
+    kwargs.insert("state".into(), json!(["alive", "gone"]));
+    let error = client
+        .call("weft.peers", vec![], kwargs, &[])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("no state `gone`"), "{error}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["peers", "--state", "alive,suspect", "--url", hub.url()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("members: 1 alive, 1 left"), "{text}");
+    assert!(text.contains(&id2) && !text.contains(&id1), "{text}");
 }
 
 #[tokio::test]

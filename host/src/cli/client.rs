@@ -75,7 +75,7 @@ pub struct PluginsArgs {
 
 /// `weft plugins`: every plugin file of the node, with its state, digest, commands and last error.
 pub async fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
-    let Some(report) = report(&args.node, "weft.plugins", args.json).await? else {
+    let Some(report) = report(&args.node, "weft.plugins", Map::new(), args.json).await? else {
         return Ok(ExitCode::SUCCESS);
     };
     let plugins = report.as_array().cloned().unwrap_or_default();
@@ -140,17 +140,43 @@ pub struct FabricArgs {
     node: NodeTarget,
 }
 
+#[derive(clap::Args)]
+pub struct PeersArgs {
+    /// List only the members in this state (alive, suspect, dead, left); repeatable, or
+    /// comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    state: Vec<String>,
+    #[command(flatten)]
+    fabric: FabricArgs,
+}
+
 /// `weft peers`: the members this node knows, with state, link and round-trip time.
-pub async fn peers(args: FabricArgs) -> anyhow::Result<ExitCode> {
-    let Some(report) = report(&args.node, "weft.peers", args.json).await? else {
+pub async fn peers(args: PeersArgs) -> anyhow::Result<ExitCode> {
+    let mut kwargs = Map::new();
+    if !args.state.is_empty() {
+        kwargs.insert("state".into(), Value::from(args.state));
+    }
+    let Some(report) = report(&args.fabric.node, "weft.peers", kwargs, args.fabric.json).await? else {
         return Ok(ExitCode::SUCCESS);
     };
     let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let counts: Vec<String> = weft::rpc::PEER_STATES
+        .iter()
+        .filter_map(|state| {
+            let n = report["counts"][state].as_u64().unwrap_or(0);
+            (n > 0).then(|| format!("{n} {state}"))
+        })
+        .collect();
     println!(
-        "node {} of cluster {} at {}",
+        "node {} of cluster {} at {}; members: {}",
         text(&report["node"]),
         text(&report["cluster"]),
-        text(&report["url"])
+        text(&report["url"]),
+        if counts.is_empty() {
+            "none".to_string()
+        } else {
+            counts.join(", ")
+        }
     );
     for peer in report["peers"].as_array().into_iter().flatten() {
         // A linked peer shows its round-trip time; another, the link its calls leave on.
@@ -189,7 +215,7 @@ pub async fn peers(args: FabricArgs) -> anyhow::Result<ExitCode> {
 
 /// `weft catalog`: every command of the fabric, with its tags and the nodes serving it.
 pub async fn catalog(args: FabricArgs) -> anyhow::Result<ExitCode> {
-    let Some(report) = report(&args.node, "weft.catalog", args.json).await? else {
+    let Some(report) = report(&args.node, "weft.catalog", Map::new(), args.json).await? else {
         return Ok(ExitCode::SUCCESS);
     };
     let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
@@ -217,9 +243,14 @@ pub async fn catalog(args: FabricArgs) -> anyhow::Result<ExitCode> {
 
 /// Calls a report built-in (`weft.plugins`, `weft.peers`, `weft.catalog`). With `json`, prints
 /// the report and returns `None`; otherwise returns it for formatting.
-async fn report(node: &NodeTarget, builtin: &str, json: bool) -> anyhow::Result<Option<Value>> {
+async fn report(
+    node: &NodeTarget,
+    builtin: &str,
+    kwargs: Map<String, Value>,
+    json: bool,
+) -> anyhow::Result<Option<Value>> {
     let client = node.connect().await?;
-    let report = client.call(builtin, Vec::new(), Map::new(), &[]).await?;
+    let report = client.call(builtin, Vec::new(), kwargs, &[]).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(None);

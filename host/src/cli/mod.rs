@@ -48,7 +48,7 @@ enum Command {
     /// Send a multi-command request from a JSON file (or `-` for standard input).
     Request(client::RequestArgs),
     /// The members a node knows: id, URL, state, round-trip time.
-    Peers(client::FabricArgs),
+    Peers(client::PeersArgs),
     /// Every command of the fabric, with its tags and the nodes serving it.
     Catalog(client::FabricArgs),
     /// List a node's plugins: file, digest, state, commands, tags, last error.

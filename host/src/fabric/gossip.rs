@@ -3,7 +3,7 @@
 
 use tokio::sync::mpsc;
 
-use super::state::{Accepted, Rumour};
+use super::state::{Accepted, Rebuttal, Rumour};
 use super::wire::{Death, NodeRecord, PeerMessage};
 use super::Fabric;
 
@@ -37,7 +37,7 @@ impl Fabric {
                     self.refute(peer, incarnation);
                 }
                 for (death, rumour) in comparison.rumours {
-                    self.spread_death(peer, death, rumour);
+                    self.spread_death(peer, tx, death, rumour);
                 }
             }
             PeerMessage::Want { nodes } => {
@@ -66,14 +66,18 @@ impl Fabric {
             }
             PeerMessage::Dead(death) => {
                 if death.node == self.config.node_id {
-                    // A rumour about an older incarnation was refuted already.
-                    let current = self.with_state(|s| death.incarnation >= s.incarnation);
-                    if current && !self.is_leaving() {
-                        self.refute(peer, death.incarnation);
+                    if !self.is_leaving() {
+                        match self.with_state(|s| s.rebuttal(&death)) {
+                            Rebuttal::Old => {}
+                            Rebuttal::Record(record) => {
+                                let _ = tx.try_send(PeerMessage::Record(record));
+                            }
+                            Rebuttal::Refute => self.refute(peer, death.incarnation),
+                        }
                     }
                 } else {
                     let rumour = self.with_state(|s| s.rumour_dead(&death));
-                    self.spread_death(peer, death, rumour);
+                    self.spread_death(peer, tx, death, rumour);
                 }
             }
             PeerMessage::Probe { node } => {
@@ -112,16 +116,20 @@ impl Fabric {
         }
     }
 
-    /// Acts on a rumour of a node's death: relays what is believed, passes it to the node itself
-    /// when linked to it (so it can refute).
-    fn spread_death(&self, from: &str, death: Death, rumour: Rumour) {
+    /// Acts on a rumour of a node's death (from `from`, whose link queue is `tx`): relays what is
+    /// believed; when linked to the node, answers with a newer record of it or passes the rumour
+    /// to the node itself (so it can refute).
+    fn spread_death(&self, from: &str, tx: &mpsc::Sender<PeerMessage>, death: Death, rumour: Rumour) {
         match rumour {
             Rumour::Believed => {
                 tracing::warn!(peer = %death.node, told_by = %from, "peer reported dead; its commands are withdrawn");
                 self.relay(from, PeerMessage::Dead(death));
             }
-            Rumour::Subject(tx) => {
-                let _ = tx.try_send(PeerMessage::Dead(death));
+            Rumour::Subject(subject) => {
+                let _ = subject.try_send(PeerMessage::Dead(death));
+            }
+            Rumour::Answer(record) => {
+                let _ = tx.try_send(PeerMessage::Record(record));
             }
             Rumour::Ignored => {}
         }

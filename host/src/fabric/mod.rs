@@ -1084,8 +1084,8 @@ impl Remote for Fabric {
         })
     }
 
-    fn peers(&self) -> Value {
-        self.with_state(|s| s.peers_report(&self.config))
+    fn peers(&self, states: Option<&[String]>) -> Value {
+        self.with_state(|s| s.peers_report(&self.config, states))
     }
 
     fn cluster(&self) -> &str {

@@ -80,6 +80,18 @@ pub enum Status {
     Left,
 }
 
+impl Status {
+    /// The state's name in reports (one of `builtins::PEER_STATES`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Alive => "alive",
+            Status::Suspect => "suspect",
+            Status::Dead => "dead",
+            Status::Left => "left",
+        }
+    }
+}
+
 pub struct Member {
     pub url: String,
     pub incarnation: u64,
@@ -175,6 +187,9 @@ pub enum Rumour {
     Believed,
     /// This node is linked to the subject: pass it on to the subject, which refutes it.
     Subject(mpsc::Sender<PeerMessage>),
+    /// This node is linked to the subject and holds a record of it signed after the death: the
+    /// answer to send to the claimant.
+    Answer(NodeRecord),
     Ignored,
 }
 
@@ -193,6 +208,17 @@ pub struct Comparison {
     pub refute: Option<u64>,
     /// Deaths the peer holds, to pass to their subjects (linked to this node) to refute.
     pub rumours: Vec<(Death, Rumour)>,
+}
+
+/// How a node answers a claim that it died or left.
+pub enum Rebuttal {
+    /// The claim is about an older incarnation: refuted already.
+    Old,
+    /// Its current record was signed after the last version the claimant heard of: sent to the
+    /// claimant, it brings the node back wherever it spreads, with no new signature.
+    Record(NodeRecord),
+    /// Only a new incarnation, announced to every member, answers it.
+    Refute,
 }
 
 /// Whether a record was taken.
@@ -735,6 +761,7 @@ impl State {
                 node: node.clone(),
                 incarnation: m.incarnation,
                 version: m.heard,
+                left: m.status == Status::Left,
             })
             .collect();
         PeerMessage::Versions {
@@ -743,11 +770,23 @@ impl State {
         }
     }
 
+    /// How this node answers a claim that it died (or left).
+    pub fn rebuttal(&mut self, death: &Death) -> Rebuttal {
+        if death.incarnation < self.incarnation {
+            return Rebuttal::Old;
+        }
+        if !death.left && self.local_version > death.version {
+            if let PeerMessage::Record(record) = self.own_record_message() {
+                return Rebuttal::Record(record);
+            }
+        }
+        Rebuttal::Refute
+    }
+
     /// Compares the versions a peer holds with this node's.
     pub fn compare(&mut self, alive: Vec<(String, u64)>, dead: Vec<Death>) -> Comparison {
         let mut out = Comparison::default();
         let theirs: HashMap<&str, u64> = alive.iter().map(|(n, v)| (n.as_str(), *v)).collect();
-        let their_dead: HashMap<&str, u64> = dead.iter().map(|d| (d.node.as_str(), d.incarnation)).collect();
         // Records are pulled (each side asks for what the other holds newer, which is how a node
         // held dead learns it was revived); only this node's own record is pushed.
         for (node, version) in &alive {
@@ -759,9 +798,11 @@ impl State {
                 out.want.push(node.clone());
             }
         }
-        if let Some(incarnation) = their_dead.get(self.me.as_str()) {
-            if *incarnation >= self.incarnation {
-                out.refute = Some(*incarnation);
+        if let Some(death) = dead.iter().find(|d| d.node == self.me) {
+            match self.rebuttal(death) {
+                Rebuttal::Old => {}
+                Rebuttal::Record(record) => out.own = Some(record),
+                Rebuttal::Refute => out.refute = Some(death.incarnation),
             }
         } else if theirs.get(self.me.as_str()).is_none_or(|v| *v < self.local_version) {
             if let PeerMessage::Record(record) = self.own_record_message() {
@@ -786,8 +827,11 @@ impl State {
             let Some(record) = self.records.get(&death.node) else {
                 continue;
             };
-            if record.body.version > death.version || record.body.incarnation > death.incarnation {
+            // News the peer takes, which brings the node back there: nothing to pass on to the
+            // node (its refutation would be a new incarnation every member checks) or suspect.
+            if record.body.incarnation > death.incarnation || (!death.left && record.body.version > death.version) {
                 out.revive.push(record.clone());
+                continue;
             }
             let Some(member) = self.members.get_mut(&death.node) else {
                 continue;
@@ -840,7 +884,12 @@ impl State {
             return Rumour::Ignored;
         }
         if let Some(link) = self.links.get(node) {
-            return Rumour::Subject(link.tx.clone());
+            // Linked to it: a record signed after the death answers the claimant; else the node
+            // itself does.
+            return match self.records.get(node) {
+                Some(record) if record.body.version > death.version => Rumour::Answer(record.clone()),
+                _ => Rumour::Subject(link.tx.clone()),
+            };
         }
         if matches!(member.status, Status::Dead | Status::Left) || member.heard > death.version {
             return Rumour::Ignored;
@@ -932,6 +981,7 @@ impl State {
                         node: node.clone(),
                         incarnation: member.incarnation,
                         version: member.heard,
+                        left: false,
                     });
                 }
             }
@@ -1334,22 +1384,27 @@ impl State {
         self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    pub fn peers_report(&mut self, config: &FabricConfig) -> Value {
+    /// What `weft.peers` shows: the members (all, or those in `states`) and how many are in
+    /// each state.
+    pub fn peers_report(&mut self, config: &FabricConfig, states: Option<&[String]>) -> Value {
+        let counts: serde_json::Map<String, Value> = crate::rpc::PEER_STATES
+            .into_iter()
+            .map(|state| {
+                let n = self.members.values().filter(|m| m.status.name() == state).count();
+                (state.to_string(), Value::from(n))
+            })
+            .collect();
         let routes = self.routes().clone();
         let mut peers: Vec<Value> = self
             .members
             .iter()
+            .filter(|(_, m)| states.is_none_or(|s| s.iter().any(|s| s == m.status.name())))
             .map(|(node, m)| {
                 let link = self.links.get(node);
                 json!({
                     "node": node,
                     "url": m.url,
-                    "state": match m.status {
-                        Status::Alive => "alive",
-                        Status::Suspect => "suspect",
-                        Status::Dead => "dead",
-                        Status::Left => "left",
-                    },
+                    "state": m.status.name(),
                     "linked": link.is_some(),
                     "via": routes.get(node).map(|(via, _)| via),
                     "hops": routes.get(node).map(|(_, hops)| hops),
@@ -1366,7 +1421,8 @@ impl State {
         peers.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
         json!({
             "node": config.node_id, "cluster": config.cluster, "url": config.advertise_url,
-            "region": config.region, "tier": config.tier, "peers": peers, "gateways": self.gateways_report(),
+            "region": config.region, "tier": config.tier, "counts": counts, "peers": peers,
+            "gateways": self.gateways_report(),
         })
     }
 
@@ -1471,6 +1527,7 @@ pub(crate) mod tests {
             node: "x".into(),
             incarnation: 1,
             version: 9,
+            left: false,
         };
         assert!(matches!(state.rumour_dead(&stale), Rumour::Ignored));
         assert_eq!(status(&state, "x"), Some(Status::Alive));
@@ -1489,6 +1546,7 @@ pub(crate) mod tests {
             node: "x".into(),
             incarnation: 1,
             version: 10,
+            left: false,
         };
         assert!(matches!(state.rumour_dead(&death), Rumour::Believed));
         assert!(matches!(
@@ -1512,6 +1570,7 @@ pub(crate) mod tests {
             node: "x".into(),
             incarnation: 1,
             version: 9,
+            left: false,
         };
         // This node heard from x after the peer did: x stays alive, and the peer is sent the
         // newer record, which revives x there.
@@ -1532,6 +1591,59 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_claim_of_this_nodes_death_is_answered_with_its_newer_record_before_a_new_incarnation() {
+        let mut state = State::new(&config("a"));
+        let (incarnation, version) = (state.incarnation, state.local_version);
+        let death = |version: u64, left: bool| Death {
+            node: "a".into(),
+            incarnation,
+            version,
+            left,
+        };
+        // The claimant last heard an older version: the current record answers it.
+        match state.rebuttal(&death(version - 1, false)) {
+            Rebuttal::Record(record) => assert_eq!(record.body.version, version),
+            _ => panic!("the current record answers a death heard before it"),
+        }
+        assert_eq!(state.incarnation, incarnation, "no new incarnation");
+        // The claimant heard the current version, or holds the node gone: a new incarnation.
+        assert!(matches!(state.rebuttal(&death(version, false)), Rebuttal::Refute));
+        assert!(matches!(state.rebuttal(&death(version - 1, true)), Rebuttal::Refute));
+        // About an older incarnation: refuted already.
+        let old = Death {
+            incarnation: incarnation - 1,
+            ..death(version, false)
+        };
+        assert!(matches!(state.rebuttal(&old), Rebuttal::Old));
+    }
+
+    #[test]
+    fn a_death_claimed_of_a_linked_node_is_answered_with_its_newer_record() {
+        let mut state = State::new(&config("a"));
+        let x = NodeKey::generate();
+        let (tx, _rx) = mpsc::channel(4);
+        state
+            .add_link("x", "ws://x", x.public(), "a", tx, 32)
+            .expect("not cut off");
+        state.accept_record(&record(&x, "x", 1, 10), "x");
+        let death = Death {
+            node: "x".into(),
+            incarnation: 1,
+            version: 9,
+            left: false,
+        };
+        // In a peer's list: the record is sent back, and the node is not asked to refute.
+        let comparison = state.compare(Vec::new(), vec![death.clone()]);
+        assert_eq!(comparison.revive.len(), 1);
+        assert!(comparison.rumours.is_empty());
+        // In a `Dead` message: answered with the record.
+        assert!(matches!(state.rumour_dead(&death), Rumour::Answer(r) if r.body.version == 10));
+        // A death after the last version held is the node's to refute.
+        let current = Death { version: 10, ..death };
+        assert!(matches!(state.rumour_dead(&current), Rumour::Subject(_)));
+    }
+
+    #[test]
     fn a_suspect_another_peer_still_hears_is_alive() {
         let mut state = State::new(&config("a"));
         let x = NodeKey::generate();
@@ -1542,6 +1654,7 @@ pub(crate) mod tests {
                 node: "x".into(),
                 incarnation: 1,
                 version: 10,
+                left: false,
             }],
         );
         assert_eq!(status(&state, "x"), Some(Status::Suspect));

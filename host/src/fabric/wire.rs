@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use super::identity::{self, NodeKey};
 
 /// Version of the peer protocol; nodes of different versions refuse each other.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The WebSocket path of the peer protocol on a node's listener.
 pub const PEER_PATH: &str = "/fabric";
@@ -192,6 +192,10 @@ pub struct Death {
     pub node: String,
     pub incarnation: u64,
     pub version: u64,
+    /// It left (in a peer's list of the members it holds dead or gone): only a new incarnation
+    /// brings it back there, not a newer record.
+    #[serde(default)]
+    pub left: bool,
 }
 
 /// A cluster reached through a gateway link, and what is served there.

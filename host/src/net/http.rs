@@ -111,7 +111,7 @@ pub fn status(observed: &Observed) -> Value {
     let executor = &observed.executor;
     let open = Selector::default();
     let (peers, catalog) = match executor.remote() {
-        Some(remote) => (remote.peers(), remote.catalog(&open)),
+        Some(remote) => (remote.peers(None), remote.catalog(&open)),
         None => (Value::Null, Value::Array(Vec::new())),
     };
     let tenants: Vec<&str> = executor
@@ -190,12 +190,12 @@ fn metrics(observed: &Observed) -> String {
         );
         let _ = writeln!(out, "# TYPE weft_catalog_entries gauge");
         let _ = writeln!(out, "weft_catalog_entries {}", catalog.as_array().map_or(0, Vec::len));
-        let peers = remote.peers();
-        let peers = peers["peers"].as_array().cloned().unwrap_or_default();
+        let report = remote.peers(None);
+        let peers = report["peers"].as_array().cloned().unwrap_or_default();
         let _ = writeln!(out, "# HELP weft_peers Members this node knows, by state.");
         let _ = writeln!(out, "# TYPE weft_peers gauge");
-        for state in ["alive", "suspect", "dead", "left"] {
-            let n = peers.iter().filter(|p| p["state"] == state).count();
+        for state in crate::rpc::PEER_STATES {
+            let n = report["counts"][state].as_u64().unwrap_or(0);
             let _ = writeln!(out, "weft_peers{{state=\"{state}\"}} {n}");
         }
         let _ = writeln!(out, "# HELP weft_peer_rtt_seconds Round-trip time of each link.");

@@ -44,6 +44,37 @@ pub const PLUGINS: &str = "weft.plugins";
 pub const PEERS: &str = "weft.peers";
 pub const CATALOG: &str = "weft.catalog";
 
+/// The states a member can be in, as `weft.peers` names them.
+pub const PEER_STATES: [&str; 4] = ["alive", "suspect", "dead", "left"];
+
+/// The arguments of `weft.peers`: optionally `state`, one state or a list of them, to list only
+/// the members in those states (the counts per state cover every member).
+pub fn peers_args(args: &[Value], kwargs: &Map<String, Value>) -> Result<Option<Vec<String>>, CommandError> {
+    let usage = || {
+        CommandError::InvalidArgs(format!(
+            "weft.peers: takes only the keyword `state`, one of {PEER_STATES:?} or a list of them"
+        ))
+    };
+    if !args.is_empty() || kwargs.keys().any(|k| k != "state") {
+        return Err(usage());
+    }
+    let states = match kwargs.get("state") {
+        None => return Ok(None),
+        Some(Value::String(state)) => vec![state.clone()],
+        Some(Value::Array(states)) => states
+            .iter()
+            .map(|s| s.as_str().map(str::to_string).ok_or_else(usage))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(usage()),
+    };
+    if let Some(unknown) = states.iter().find(|s| !PEER_STATES.contains(&s.as_str())) {
+        return Err(CommandError::InvalidArgs(format!(
+            "weft.peers: no state `{unknown}` (states: {PEER_STATES:?})"
+        )));
+    }
+    Ok(Some(states))
+}
+
 /// `weft.fault ACTION NODES`: cut or restore links, on nodes started with `--fault-injection`.
 pub const FAULT: &str = "weft.fault";
 

@@ -37,8 +37,8 @@ pub struct RemoteCall {
 /// Where calls go that no local command serves: the fabric.
 pub trait Remote: Send + Sync + 'static {
     fn call(&self, call: RemoteCall) -> RemoteFuture;
-    /// What `weft.peers` answers.
-    fn peers(&self) -> Value;
+    /// What `weft.peers` answers: every member, or those in `states`.
+    fn peers(&self, states: Option<&[String]>) -> Value;
     /// The cluster this node belongs to.
     fn cluster(&self) -> &str;
     /// What `weft.catalog` answers.
@@ -411,7 +411,10 @@ impl Executor {
                         .collect();
                     serde_json::to_value(reports).map_err(|e| CommandError::Failed(format!("{fun}: {e}")))
                 }
-                builtins::PEERS => Ok(remote.map_or(Value::Null, |r| r.peers())),
+                builtins::PEERS => {
+                    let states = builtins::peers_args(&args, &kwargs)?;
+                    Ok(remote.map_or(Value::Null, |r| r.peers(states.as_deref())))
+                }
                 builtins::CATALOG => Ok(remote.map_or(Value::Array(Vec::new()), |r| r.catalog(selector))),
                 builtins::FAULT => {
                     let remote = remote.ok_or_else(|| CommandError::Denied("this node has no fabric".into()))?;

@@ -6,6 +6,6 @@ mod executor;
 pub(crate) mod plan;
 pub(crate) mod protocol;
 
-pub use builtins::NAMES as BUILTIN_COMMANDS;
+pub use builtins::{NAMES as BUILTIN_COMMANDS, PEER_STATES};
 pub use executor::{Executor, Remote, RemoteCall, RemoteFuture};
 pub use protocol::{codes, ErrorBody, Request, RequestCommand, Response};
