@@ -20,13 +20,13 @@ impl Fabric {
         match message {
             PeerMessage::Record(record) => self.on_record(peer, record),
             PeerMessage::Digest { summary } => {
-                let differs = self.with_state(|s| (s.summary() != summary).then(|| s.versions_message()));
+                let differs = self.with_state(|s| (s.summary() != summary).then(|| s.versions_message(false)));
                 if let Some(versions) = differs {
                     let _ = tx.try_send(versions);
                 }
             }
-            PeerMessage::Versions { alive, dead } => {
-                let comparison = self.with_state(|s| s.compare(alive, dead));
+            PeerMessage::Versions { alive, dead, opening } => {
+                let comparison = self.with_state(|s| s.compare(alive, dead, opening));
                 if !comparison.want.is_empty() {
                     let _ = tx.try_send(PeerMessage::Want { nodes: comparison.want });
                 }

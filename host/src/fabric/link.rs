@@ -375,7 +375,7 @@ where
     if admitted.current && !gateway {
         // What the peer needs first: this node's record, and the versions of every record held
         // (the peer asks for what it lacks and sends what this node lacks).
-        let (record, versions) = fabric.with_state(|s| (s.own_record_message(), s.versions_message()));
+        let (record, versions) = fabric.with_state(|s| (s.own_record_message(), s.versions_message(true)));
         let _ = tx.try_send(record);
         let _ = tx.try_send(versions);
     }

@@ -263,7 +263,8 @@ pub struct State {
     own: Option<NodeRecord>,
     announced: bool,
     /// Links changed since this node's record was last signed.
-    links_changed: bool,
+    /// Since when links have changed without being announced (this node's record re-signed).
+    links_changed: Option<Instant>,
     links_announced: Instant,
     /// When the next unlinked member is checked.
     next_check: Instant,
@@ -325,7 +326,7 @@ impl State {
             local_entries: Vec::new(),
             own: None,
             announced: false,
-            links_changed: false,
+            links_changed: None,
             links_announced: Instant::now(),
             next_check: Instant::now(),
             settle_until: Instant::now(),
@@ -366,7 +367,7 @@ impl State {
     pub fn republish(&mut self) -> PeerMessage {
         self.local_version += 1;
         self.own = None;
-        self.links_changed = false;
+        self.links_changed = None;
         self.links_announced = Instant::now();
         self.own_record_message()
     }
@@ -402,6 +403,7 @@ impl State {
             None => PeerMessage::Versions {
                 alive: Vec::new(),
                 dead: Vec::new(),
+                opening: false,
             },
         }
     }
@@ -623,7 +625,7 @@ impl State {
     }
 
     fn topology_changed(&mut self) {
-        self.links_changed = true;
+        self.links_changed.get_or_insert_with(Instant::now);
         self.routes = None;
     }
 
@@ -752,7 +754,9 @@ impl State {
         hash
     }
 
-    pub fn versions_message(&self) -> PeerMessage {
+    /// The versions of the records held and the members held dead or gone; `opening` as the
+    /// link comes up (see `PeerMessage::Versions`).
+    pub fn versions_message(&self, opening: bool) -> PeerMessage {
         let dead = self
             .members
             .iter()
@@ -767,6 +771,7 @@ impl State {
         PeerMessage::Versions {
             alive: self.alive_versions(),
             dead,
+            opening,
         }
     }
 
@@ -783,14 +788,24 @@ impl State {
         Rebuttal::Refute
     }
 
-    /// Compares the versions a peer holds with this node's.
-    pub fn compare(&mut self, alive: Vec<(String, u64)>, dead: Vec<Death>) -> Comparison {
+    /// Compares the versions a peer holds with this node's (`opening`: the peer's list sent as
+    /// the link came up, when it also got this node's list of deaths).
+    pub fn compare(&mut self, alive: Vec<(String, u64)>, dead: Vec<Death>, opening: bool) -> Comparison {
         let mut out = Comparison::default();
         let theirs: HashMap<&str, u64> = alive.iter().map(|(n, v)| (n.as_str(), *v)).collect();
-        // Records are pulled (each side asks for what the other holds newer, which is how a node
-        // held dead learns it was revived); only this node's own record is pushed.
+        // Records are pulled: each side asks for what the other holds newer. The records of
+        // nodes this node holds dead or gone are pushed by a peer that got its list of them (as
+        // a link comes up): news that they live.
         for (node, version) in &alive {
             if *node == self.me {
+                continue;
+            }
+            if opening
+                && self
+                    .members
+                    .get(node)
+                    .is_some_and(|m| matches!(m.status, Status::Dead | Status::Left))
+            {
                 continue;
             }
             let held = self.records.get(node).map_or(0, |r| r.body.version);
@@ -1036,7 +1051,14 @@ impl State {
             self.dialing.insert(url.clone());
             plan.dials.push(url);
         }
-        if self.links_changed && now.duration_since(self.links_announced) >= self.links_announce_interval() {
+        // A change of links waits half the interval, so that the changes of a burst (a heal, a
+        // start) go out in one version rather than one now and another an interval later.
+        let interval = self.links_announce_interval();
+        if self
+            .links_changed
+            .is_some_and(|since| now.duration_since(since) >= interval / 2)
+            && now.duration_since(self.links_announced) >= interval
+        {
             plan.publish = Some(self.republish());
         }
         plan.tree = self.tree_messages(now);
@@ -1574,7 +1596,7 @@ pub(crate) mod tests {
         };
         // This node heard from x after the peer did: x stays alive, and the peer is sent the
         // newer record, which revives x there.
-        let comparison = state.compare(Vec::new(), vec![death.clone()]);
+        let comparison = state.compare(Vec::new(), vec![death.clone()], false);
         assert!(comparison.rumours.is_empty(), "not linked to x: nothing to pass on");
         assert_eq!(status(&state, "x"), Some(Status::Alive));
         let sent: Vec<(&str, u64)> = comparison
@@ -1585,7 +1607,7 @@ pub(crate) mod tests {
         assert_eq!(sent, [("x", 10)]);
         // The peer knows as much as this node: x may have died unseen; it is a suspect, not dead,
         // and there is no news to send.
-        let comparison = state.compare(Vec::new(), vec![Death { version: 10, ..death }]);
+        let comparison = state.compare(Vec::new(), vec![Death { version: 10, ..death }], false);
         assert!(comparison.revive.is_empty());
         assert_eq!(status(&state, "x"), Some(Status::Suspect));
     }
@@ -1633,7 +1655,7 @@ pub(crate) mod tests {
             left: false,
         };
         // In a peer's list: the record is sent back, and the node is not asked to refute.
-        let comparison = state.compare(Vec::new(), vec![death.clone()]);
+        let comparison = state.compare(Vec::new(), vec![death.clone()], false);
         assert_eq!(comparison.revive.len(), 1);
         assert!(comparison.rumours.is_empty());
         // In a `Dead` message: answered with the record.
@@ -1641,6 +1663,26 @@ pub(crate) mod tests {
         // A death after the last version held is the node's to refute.
         let current = Death { version: 10, ..death };
         assert!(matches!(state.rumour_dead(&current), Rumour::Subject(_)));
+    }
+
+    #[test]
+    fn records_of_members_held_dead_are_asked_for_unless_the_peer_pushes_them() {
+        let mut state = State::new(&config("a"));
+        let x = NodeKey::generate();
+        state.accept_record(&record(&x, "x", 1, 10), "b");
+        let death = Death {
+            node: "x".into(),
+            incarnation: 1,
+            version: 10,
+            left: false,
+        };
+        assert!(matches!(state.rumour_dead(&death), Rumour::Believed));
+        let theirs = || vec![("x".to_string(), 11)];
+        // As the link comes up the peer got this node's list of deaths, and pushes x's newer
+        // record itself.
+        assert!(state.compare(theirs(), Vec::new(), true).want.is_empty());
+        // Digests that differ: the peer never saw the list, so the record is asked for.
+        assert_eq!(state.compare(theirs(), Vec::new(), false).want, ["x"]);
     }
 
     #[test]
@@ -1656,6 +1698,7 @@ pub(crate) mod tests {
                 version: 10,
                 left: false,
             }],
+            false,
         );
         assert_eq!(status(&state, "x"), Some(Status::Suspect));
         state.reached("x");

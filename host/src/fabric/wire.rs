@@ -67,6 +67,10 @@ pub enum PeerMessage {
     Versions {
         alive: Vec<(String, u64)>,
         dead: Vec<Death>,
+        /// Sent as the link came up, while the peer sent its own: each side pushes the records
+        /// that bring back the nodes the other holds dead, so neither asks for them.
+        #[serde(default)]
+        opening: bool,
     },
     /// The sender wants these nodes' records (and records pushed on this link again: see
     /// `fabric::tree`).
