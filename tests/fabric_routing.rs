@@ -69,9 +69,20 @@ async fn calls_go_to_the_idle_provider() {
     for _ in 0..20 {
         answers.push(call(&caller, "flavour.name", vec![], &[]).await.unwrap());
     }
+    // What the caller knew of both providers (round trip, calls in flight, path), for a failure.
+    let seen: Vec<String> = support::peer_rows(&caller)
+        .await
+        .iter()
+        .map(|p| {
+            format!(
+                "{}: rtt_us {} inflight {} via {} penalty {}",
+                p["node"], p["rtt_us"], p["inflight"], p["via"], p["penalty"]
+            )
+        })
+        .collect();
     assert!(
         answers.iter().all(|a| a == "cpu"),
-        "calls went to the busy provider: {answers:?}"
+        "calls went to the busy provider: {answers:?}; the caller saw {seen:?}"
     );
     for outcome in busy.await.unwrap() {
         assert_eq!(outcome.unwrap(), json!("gpu"));

@@ -163,6 +163,7 @@ async fn run(n: usize, math: &Path) -> anyhow::Result<()> {
     println!("N={n}: idle control traffic sent per node {per_node:.2} KiB/s");
 
     // SIGSTOP the last node, then SIGKILL the one before it.
+    let mut victims: Vec<String> = Vec::new();
     for (signal, victim) in [("-STOP", n - 1), ("-KILL", n - 2)] {
         let pid = nodes[victim].process.id().unwrap_or_default().to_string();
         let id = nodes[victim].id.clone();
@@ -172,15 +173,33 @@ async fn run(n: usize, math: &Path) -> anyhow::Result<()> {
             .filter(|(i, _)| *i < n - 2)
             .map(|(_, node)| node)
             .collect();
+        victims.push(id.clone());
         let at = Instant::now();
         std::process::Command::new("kill").args([signal, &pid]).status()?;
+        // Any other node an observer holds dead meanwhile is a false death.
+        let false_deaths = std::cell::RefCell::new(std::collections::BTreeSet::new());
         wait_all_refs(&observers, Read::Peers, Duration::from_secs(30), |peers, _| {
+            for row in peers["peers"].as_array().into_iter().flatten() {
+                let node = row["node"].as_str().unwrap_or_default();
+                if row["state"] == "dead" && !victims.iter().any(|v| v == node) {
+                    let observer = peers["node"].as_str().unwrap_or_default();
+                    false_deaths
+                        .borrow_mut()
+                        .insert(format!("{node} (held dead by {observer})"));
+                }
+            }
             state(peers, &id) == Some("dead")
         })
         .await?;
+        let false_deaths = false_deaths.into_inner();
         println!(
-            "N={n}: {signal} of {id} → dead on every other node after {:.0} ms",
-            ms(at.elapsed())
+            "N={n}: {signal} of {id} → dead on every other node after {:.0} ms; false deaths meanwhile: {}",
+            ms(at.elapsed()),
+            if false_deaths.is_empty() {
+                "none".to_string()
+            } else {
+                false_deaths.into_iter().collect::<Vec<_>>().join(", ")
+            }
         );
     }
     let pid = nodes[n - 1].process.id().unwrap_or_default().to_string();

@@ -391,6 +391,9 @@ where
     let mut sent_pings: HashMap<u64, Instant> = HashMap::new();
     let mut seq = 0u64;
     let mut samples = 0i64;
+    // The last round-trip samples (0: none yet), for the link's path delay.
+    let mut recent = [0u64; 8];
+    let mut recent_at = 0usize;
     let mut last_heard = Instant::now();
     let mut stop = fabric.stop.clone();
     let mut left = false;
@@ -429,6 +432,10 @@ where
                             let old = stats.rtt_us.load(Ordering::Relaxed) as i64;
                             let smoothed = old + (sample - old) / samples;
                             stats.rtt_us.store(smoothed.max(1) as u64, Ordering::Relaxed);
+                            recent[recent_at % recent.len()] = sample.max(1) as u64;
+                            recent_at += 1;
+                            let least = recent.iter().copied().filter(|s| *s > 0).min().unwrap_or(1);
+                            stats.path_rtt_us.store(least, Ordering::Relaxed);
                         }
                     }
                     // A node of another cluster may only hand this node calls for a cluster (its
@@ -513,8 +520,9 @@ where
                 }
                 checks += 1;
                 // Four pings in the link's first ping interval (so that its round trip is known
-                // from several samples at once), then one per interval.
-                if checks > 4 && checks % 4 != 1 {
+                // from several samples at once), then one per interval. None as the link comes
+                // up: it would wait behind the records both sides send first.
+                if checks == 1 || (checks > 5 && checks % 4 != 1) {
                     continue;
                 }
                 seq += 1;

@@ -24,6 +24,10 @@ use crate::plugins::Selector;
 pub struct LinkStats {
     /// Smoothed round-trip time, µs (0 until measured).
     pub rtt_us: AtomicU64,
+    /// The least round trip of the last few samples, µs (0 until measured): the path's delay
+    /// without the moment's queueing, which is what routing weighs (the calls in flight stand
+    /// for load). One slow sample, as a node starts, does not make a link look far for seconds.
+    pub path_rtt_us: AtomicU64,
     /// Calls sent on the link and not answered yet.
     pub inflight: AtomicUsize,
     /// Bytes of peer frames written to and read from the link.
@@ -431,19 +435,23 @@ impl State {
         };
         // The round trip measured on a connection this one replaces: the same peer over the same
         // path (a new link counts as slow until its first pong, which would mislead routing).
-        let mut measured_rtt = 0;
+        let mut measured = (0, 0);
         let current = match self.links.get(node) {
             Some(existing) if existing.dialer == preferred_dialer || dialer != preferred_dialer => false,
             // The new connection is the one both sides keep: the other retires.
             Some(existing) => {
-                measured_rtt = existing.stats.rtt_us.load(Ordering::Relaxed);
+                measured = (
+                    existing.stats.rtt_us.load(Ordering::Relaxed),
+                    existing.stats.path_rtt_us.load(Ordering::Relaxed),
+                );
                 self.retire_link(node);
                 true
             }
             None => self.accepts_link(node, max_mesh),
         };
         let admitted = self.admit(node, current);
-        admitted.stats.rtt_us.store(measured_rtt, Ordering::Relaxed);
+        admitted.stats.rtt_us.store(measured.0, Ordering::Relaxed);
+        admitted.stats.path_rtt_us.store(measured.1, Ordering::Relaxed);
         if !current {
             return Some(admitted);
         }
@@ -609,7 +617,7 @@ impl State {
             }
             match self.links.get(node) {
                 Some(link) => {
-                    let rtt = link.stats.rtt_us.load(Ordering::Relaxed).max(1);
+                    let rtt = link.stats.path_rtt_us.load(Ordering::Relaxed).max(1);
                     let load = 1 + link.stats.inflight.load(Ordering::Relaxed) as u64;
                     holders.push((1, rtt.saturating_mul(load), node.clone()));
                 }
@@ -1277,13 +1285,13 @@ impl State {
                 let unmeasured = self
                     .links
                     .values()
-                    .map(|l| l.stats.rtt_us.load(Ordering::Relaxed))
+                    .map(|l| l.stats.path_rtt_us.load(Ordering::Relaxed))
                     .max()
                     .filter(|slowest| *slowest > 0)
                     .unwrap_or(UNMEASURED_RTT_US);
                 let score = |(node, via, hops): &(String, String, u32)| {
                     self.links.get(via).map_or(u64::MAX, |l| {
-                        let rtt = match l.stats.rtt_us.load(Ordering::Relaxed) {
+                        let rtt = match l.stats.path_rtt_us.load(Ordering::Relaxed) {
                             0 => unmeasured,
                             measured => measured,
                         };
@@ -1386,7 +1394,7 @@ impl State {
             .links
             .iter()
             .filter(|(node, _)| !avoid.contains(node.as_str()))
-            .min_by_key(|(_, l)| l.stats.rtt_us.load(Ordering::Relaxed))
+            .min_by_key(|(_, l)| l.stats.path_rtt_us.load(Ordering::Relaxed))
             .map(|(node, _)| node.clone());
         if let Some(nearest) = nearest {
             for node in self.records.keys() {
@@ -1740,11 +1748,13 @@ pub(crate) mod tests {
         let first = connect(&mut state, "b");
         assert!(first.current);
         first.stats.rtt_us.store(250, Ordering::Relaxed);
+        first.stats.path_rtt_us.store(200, Ordering::Relaxed);
         // Both nodes dialed at once: the connection dialed by the smaller id is the one both
         // keep, whichever arrives first. It starts with the round trip measured on the other.
         let kept = connect(&mut state, "a");
         assert!(kept.current);
         assert_eq!(kept.stats.rtt_us.load(Ordering::Relaxed), 250);
+        assert_eq!(kept.stats.path_rtt_us.load(Ordering::Relaxed), 200);
         assert!(
             first.retire.notified().now_or_never().is_some(),
             "the first one is retired"
