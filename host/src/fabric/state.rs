@@ -1540,6 +1540,16 @@ pub(crate) mod tests {
         NodeRecord::signed(body, key).expect("signing a record")
     }
 
+    /// A death of node "x" (incarnation 1) after the last version its declarer heard.
+    fn death_of_x(version: u64) -> Death {
+        Death {
+            node: "x".into(),
+            incarnation: 1,
+            version,
+            left: false,
+        }
+    }
+
     fn status(state: &State, node: &str) -> Option<Status> {
         state.members.get(node).map(|m| m.status)
     }
@@ -1553,12 +1563,7 @@ pub(crate) mod tests {
             Accepted::New { .. }
         ));
         // Declared dead by a node that last heard version 9: this node holds 10.
-        let stale = Death {
-            node: "x".into(),
-            incarnation: 1,
-            version: 9,
-            left: false,
-        };
+        let stale = death_of_x(9);
         assert!(matches!(state.rumour_dead(&stale), Rumour::Ignored));
         assert_eq!(status(&state, "x"), Some(Status::Alive));
         // Declared dead after the last version this node holds: believed.
@@ -1572,12 +1577,7 @@ pub(crate) mod tests {
         let mut state = State::new(&config("a"));
         let x = NodeKey::generate();
         state.accept_record(&record(&x, "x", 1, 10), "b");
-        let death = Death {
-            node: "x".into(),
-            incarnation: 1,
-            version: 10,
-            left: false,
-        };
+        let death = death_of_x(10);
         assert!(matches!(state.rumour_dead(&death), Rumour::Believed));
         assert!(matches!(
             state.accept_record(&record(&x, "x", 1, 10), "b"),
@@ -1596,12 +1596,7 @@ pub(crate) mod tests {
         let mut state = State::new(&config("a"));
         let x = NodeKey::generate();
         state.accept_record(&record(&x, "x", 1, 10), "b");
-        let death = Death {
-            node: "x".into(),
-            incarnation: 1,
-            version: 9,
-            left: false,
-        };
+        let death = death_of_x(9);
         // This node heard from x after the peer did: x stays alive, and the peer is sent the
         // newer record, which revives x there.
         let comparison = state.compare(Vec::new(), vec![death.clone()], false);
@@ -1656,12 +1651,7 @@ pub(crate) mod tests {
             .add_link("x", "ws://x", x.public(), "a", tx, 32)
             .expect("not cut off");
         state.accept_record(&record(&x, "x", 1, 10), "x");
-        let death = Death {
-            node: "x".into(),
-            incarnation: 1,
-            version: 9,
-            left: false,
-        };
+        let death = death_of_x(9);
         // In a peer's list: the record is sent back, and the node is not asked to refute.
         let comparison = state.compare(Vec::new(), vec![death.clone()], false);
         assert_eq!(comparison.revive.len(), 1);
@@ -1678,12 +1668,7 @@ pub(crate) mod tests {
         let mut state = State::new(&config("a"));
         let x = NodeKey::generate();
         state.accept_record(&record(&x, "x", 1, 10), "b");
-        let death = Death {
-            node: "x".into(),
-            incarnation: 1,
-            version: 10,
-            left: false,
-        };
+        let death = death_of_x(10);
         assert!(matches!(state.rumour_dead(&death), Rumour::Believed));
         let theirs = || vec![("x".to_string(), 11)];
         // As the link comes up the peer got this node's list of deaths, and pushes x's newer
@@ -1698,16 +1683,7 @@ pub(crate) mod tests {
         let mut state = State::new(&config("a"));
         let x = NodeKey::generate();
         state.accept_record(&record(&x, "x", 1, 10), "b");
-        state.compare(
-            Vec::new(),
-            vec![Death {
-                node: "x".into(),
-                incarnation: 1,
-                version: 10,
-                left: false,
-            }],
-            false,
-        );
+        state.compare(Vec::new(), vec![death_of_x(10)], false);
         assert_eq!(status(&state, "x"), Some(Status::Suspect));
         state.reached("x");
         assert_eq!(status(&state, "x"), Some(Status::Alive));
