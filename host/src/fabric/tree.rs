@@ -36,6 +36,10 @@ const MAX_MISSING: usize = 4096;
 /// Announcements queued for one link at most between two ticks.
 const MAX_HAVES: usize = 1024;
 
+/// Links remembered per awaited version: the first is asked, or the next still linked when it
+/// is gone.
+const ANNOUNCERS: usize = 3;
+
 /// Which links are on the tree, and what lazy links announced.
 #[derive(Default)]
 pub struct Tree {
@@ -51,8 +55,8 @@ pub struct Tree {
 
 struct Missing {
     version: u64,
-    /// The link that announced it first.
-    from: String,
+    /// The links that announced it, first announcer first.
+    from: Vec<String>,
     due: Instant,
 }
 
@@ -137,13 +141,18 @@ impl State {
             }
             let waiting = self.tree.missing.len();
             match self.tree.missing.get_mut(&node) {
-                Some(missing) => missing.version = missing.version.max(version),
+                Some(missing) => {
+                    missing.version = missing.version.max(version);
+                    if missing.from.len() < ANNOUNCERS && !missing.from.iter().any(|f| f == peer) {
+                        missing.from.push(peer.to_string());
+                    }
+                }
                 None if waiting < MAX_MISSING => {
                     self.tree.missing.insert(
                         node,
                         Missing {
                             version,
-                            from: peer.to_string(),
+                            from: vec![peer.to_string()],
                             due,
                         },
                     );
@@ -178,8 +187,9 @@ impl State {
             let Some(missing) = self.tree.missing.remove(&node) else {
                 continue;
             };
-            if self.lacks_record(&node, missing.version) {
-                wants.entry(missing.from).or_default().push(node);
+            let linked = missing.from.into_iter().find(|peer| self.links.contains_key(peer));
+            if let Some(peer) = linked.filter(|_| self.lacks_record(&node, missing.version)) {
+                wants.entry(peer).or_default().push(node);
             }
         }
         for (peer, nodes) in wants {
@@ -318,5 +328,24 @@ mod tests {
         let next = record(&y, "y", 1, 6);
         assert!(matches!(state.accept_record(&next, "b"), Accepted::New { .. }));
         assert_eq!(state.relay_targets(&next.body, "b", false).len(), 1);
+    }
+
+    #[test]
+    fn a_version_whose_first_announcer_went_away_is_asked_of_the_next() {
+        let mut state = State::new(&config("a"));
+        let _b = link(&mut state, "b");
+        let _c = link(&mut state, "c");
+        state.pruned_by("b");
+        state.pruned_by("c");
+        state.announced("b", vec![("x".into(), 10)]);
+        state.announced("c", vec![("x".into(), 10)]);
+        let id = state.links["b"].id;
+        state.remove_link("b", id, false);
+        let messages = state.tree_messages(Instant::now() + GRAFT_WAIT);
+        assert!(
+            matches!(messages.as_slice(), [(tx, PeerMessage::Want { nodes })]
+                if tx.same_channel(&state.links["c"].tx) && nodes == &["x".to_string()]),
+            "asked of c"
+        );
     }
 }
