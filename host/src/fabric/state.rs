@@ -266,7 +266,6 @@ pub struct State {
     pub(super) delays: HashMap<String, u64>,
     own: Option<NodeRecord>,
     announced: bool,
-    /// Links changed since this node's record was last signed.
     /// Since when links have changed without being announced (this node's record re-signed).
     links_changed: Option<Instant>,
     links_announced: Instant,
@@ -788,7 +787,7 @@ impl State {
         if death.incarnation < self.incarnation {
             return Rebuttal::Old;
         }
-        if !death.left && self.local_version > death.version {
+        if death.answered_by(self.incarnation, self.local_version) {
             if let PeerMessage::Record(record) = self.own_record_message() {
                 return Rebuttal::Record(record);
             }
@@ -852,7 +851,7 @@ impl State {
             };
             // News the peer takes, which brings the node back there: nothing to pass on to the
             // node (its refutation would be a new incarnation every member checks) or suspect.
-            if record.body.incarnation > death.incarnation || (!death.left && record.body.version > death.version) {
+            if death.answered_by(record.body.incarnation, record.body.version) {
                 out.revive.push(record.clone());
                 continue;
             }
@@ -910,7 +909,9 @@ impl State {
             // Linked to it: a record signed after the death answers the claimant; else the node
             // itself does.
             return match self.records.get(node) {
-                Some(record) if record.body.version > death.version => Rumour::Answer(record.clone()),
+                Some(record) if death.answered_by(record.body.incarnation, record.body.version) => {
+                    Rumour::Answer(record.clone())
+                }
                 _ => Rumour::Subject(link.tx.clone()),
             };
         }

@@ -69,7 +69,6 @@ pub enum PeerMessage {
         dead: Vec<Death>,
         /// Sent as the link came up, while the peer sent its own: each side pushes the records
         /// that bring back the nodes the other holds dead, so neither asks for them.
-        #[serde(default)]
         opening: bool,
     },
     /// The sender wants these nodes' records (and records pushed on this link again: see
@@ -198,8 +197,16 @@ pub struct Death {
     pub version: u64,
     /// It left (in a peer's list of the members it holds dead or gone): only a new incarnation
     /// brings it back there, not a newer record.
-    #[serde(default)]
     pub left: bool,
+}
+
+impl Death {
+    /// Whether a record of the node at `incarnation` and `version` brings it back where this
+    /// death is held: a new incarnation does, and, unless it left, a record signed after the
+    /// last one heard before the death.
+    pub fn answered_by(&self, incarnation: u64, version: u64) -> bool {
+        incarnation > self.incarnation || (!self.left && version > self.version)
+    }
 }
 
 /// A cluster reached through a gateway link, and what is served there.

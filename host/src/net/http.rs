@@ -191,7 +191,7 @@ fn metrics(observed: &Observed) -> String {
         let _ = writeln!(out, "# TYPE weft_catalog_entries gauge");
         let _ = writeln!(out, "weft_catalog_entries {}", catalog.as_array().map_or(0, Vec::len));
         let report = remote.peers(None);
-        let peers = report["peers"].as_array().cloned().unwrap_or_default();
+        let peers = report["peers"].as_array().map_or(&[][..], Vec::as_slice);
         let _ = writeln!(out, "# HELP weft_peers Members this node knows, by state.");
         let _ = writeln!(out, "# TYPE weft_peers gauge");
         for state in crate::rpc::PEER_STATES {
@@ -200,7 +200,7 @@ fn metrics(observed: &Observed) -> String {
         }
         let _ = writeln!(out, "# HELP weft_peer_rtt_seconds Round-trip time of each link.");
         let _ = writeln!(out, "# TYPE weft_peer_rtt_seconds gauge");
-        for p in &peers {
+        for p in peers {
             if let (Some(node), Some(rtt)) = (p["node"].as_str(), p["rtt_us"].as_u64()) {
                 let _ = writeln!(
                     out,
@@ -215,7 +215,7 @@ fn metrics(observed: &Observed) -> String {
             "# HELP weft_peer_bytes_total Bytes sent and received on each link."
         );
         let _ = writeln!(out, "# TYPE weft_peer_bytes_total counter");
-        for p in &peers {
+        for p in peers {
             let Some(node) = p["node"].as_str() else { continue };
             for (direction, key) in [("out", "bytes_out"), ("in", "bytes_in")] {
                 if let Some(bytes) = p[key].as_u64() {
