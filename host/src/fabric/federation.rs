@@ -11,11 +11,10 @@
 //! does not exist). A link between tiers carries summaries both ways, and from the higher tier
 //! also a default route: a lower tier sends what it does not know upwards (leafnode style).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::mpsc;
 
 use super::state::{Admitted, LinkHandle, LinkStats, Route, State};
 use super::wire::{CatalogEntry, PeerMessage, RouteAd};
@@ -103,7 +102,7 @@ pub struct Gateway {
 }
 
 /// A route table to queue on a gateway link.
-pub type TableSend = (mpsc::Sender<PeerMessage>, Vec<RouteAd>);
+pub type TableSend = (u64, Vec<RouteAd>);
 
 /// Where a call is headed.
 pub enum Want<'a> {
@@ -172,12 +171,12 @@ impl State {
     #[allow(clippy::too_many_arguments)]
     pub fn add_gateway(
         &mut self,
+        id: u64,
         node: &str,
         url: &str,
         cluster: &str,
         tier: u8,
         dialer: &str,
-        tx: mpsc::Sender<PeerMessage>,
     ) -> Option<Admitted> {
         if self.blocked.contains(node) || (self.gateways.len() >= MAX_GATEWAYS && !self.gateways.contains_key(node)) {
             return None;
@@ -186,17 +185,18 @@ impl State {
         let current = match self.gateways.get(node) {
             Some(existing) if existing.handle.dialer == preferred_dialer || dialer != preferred_dialer => false,
             Some(existing) => {
-                existing.handle.retire.notify_one();
+                let link = existing.handle.id;
+                self.retire(link);
                 self.gateways.remove(node);
                 true
             }
             None => true,
         };
-        let admitted = self.admit(node, current);
+        let admitted = self.admit(id, node, current);
         if !current {
             return Some(admitted);
         }
-        let handle = admitted.handle(tx, dialer);
+        let handle = admitted.handle(dialer);
         if self.seeds.iter().any(|s| s == url) {
             self.seeds_joined.insert(url.to_string());
             self.gateway_seeds.insert(url.to_string());
@@ -235,7 +235,7 @@ impl State {
         // A path starts at the peer's cluster, never passes a cluster twice (nor this one) and
         // is no longer than any hop budget.
         ads.retain(|ad| {
-            let distinct: std::collections::HashSet<&String> = ad.path.iter().collect();
+            let distinct: std::collections::BTreeSet<&String> = ad.path.iter().collect();
             ad.path.first() == Some(&peer_cluster)
                 && ad.path.len() <= MAX_PATH
                 && distinct.len() == ad.path.len()
@@ -251,8 +251,8 @@ impl State {
     }
 
     /// Something the routes depend on changed: recompute them soon.
-    pub fn federation_changed(&self) {
-        self.federation_dirty.notify_one();
+    pub fn federation_changed(&mut self) {
+        self.federation_dirty = true;
     }
 
     /// Recomputes this node's routes: returns its re-signed record when they changed, and the
@@ -274,7 +274,7 @@ impl State {
             if let Some(gateway) = self.gateways.get_mut(&node) {
                 if gateway.sent.as_ref() != Some(&table) {
                     gateway.sent = Some(table.clone());
-                    sends.push((gateway.handle.tx.clone(), table));
+                    sends.push((gateway.handle.id, table));
                 }
             }
         }
@@ -283,9 +283,9 @@ impl State {
 
     /// A table could not be queued for a gateway peer: send it again at the next periodic
     /// update (not at once: a peer that does not read would keep this node busy).
-    pub fn routes_unsent(&mut self, tx: &mpsc::Sender<PeerMessage>) {
+    pub fn routes_unsent(&mut self, link: u64) {
         for gateway in self.gateways.values_mut() {
-            if gateway.handle.tx.same_channel(tx) {
+            if gateway.handle.id == link {
                 gateway.sent = None;
             }
         }
@@ -294,7 +294,7 @@ impl State {
     /// The routes of this node's record: for each cluster its gateway links reach, the best
     /// one (fewest crossings, then the lowest round trip), and the best default route.
     fn own_routes(&self) -> Vec<RouteAd> {
-        let mut best: HashMap<String, RouteAd> = HashMap::new();
+        let mut best: BTreeMap<String, RouteAd> = BTreeMap::new();
         for gateway in self.gateways.values() {
             let rtt = metric_ms(&gateway.handle.stats);
             for ad in &gateway.learned {
@@ -338,7 +338,7 @@ impl State {
     /// the peer's cluster, up to the hop budget plus one; for a peer of a lower tier, also a
     /// default route (it sends up whatever it does not know).
     fn table_for(&self, cluster: &str, tier: u8) -> Vec<RouteAd> {
-        let mut best: HashMap<&str, (usize, u64, &RouteAd)> = HashMap::new();
+        let mut best: BTreeMap<&str, (usize, u64, &RouteAd)> = BTreeMap::new();
         let records = self.records.values().map(|r| &r.body.routes);
         for ad in std::iter::once(&self.local_routes).chain(records).flatten() {
             if ad.default || ad.path.iter().any(|c| c == cluster || *c == self.cluster) {
@@ -458,7 +458,7 @@ impl State {
             let node = match hop {
                 Hop::Gateway(n) | Hop::Member(n) => n,
             };
-            (metric + 1).saturating_mul(self.scores.factor(node))
+            (metric + 1).saturating_mul(self.scores.factor(node, self.now()))
         };
         found
             .sort_by_key(|(metric, crossings, hop, _)| (cost(*metric, hop), *crossings, matches!(hop, Hop::Member(_))));
@@ -485,18 +485,13 @@ impl State {
         match hop {
             Hop::Gateway(node) => {
                 let gateway = self.gateways.get(&node)?;
-                let (link, tx, stats) = (
-                    gateway.handle.id,
-                    gateway.handle.tx.clone(),
-                    gateway.handle.stats.clone(),
-                );
+                let (link, stats) = (gateway.handle.id, gateway.handle.stats.clone());
                 let inflight = self.inflight.entry(node.clone()).or_default().clone();
                 Some(Step {
                     route: Route {
                         target: node.clone(),
                         via: node,
                         link,
-                        tx,
                         stats,
                         inflight,
                     },
@@ -551,7 +546,7 @@ impl State {
     /// The commands of other clusters this node can reach, for `weft catalog`: one row per
     /// command and cluster, by the best route.
     pub fn federated_catalog(&self, selector: &Selector) -> Vec<serde_json::Value> {
-        let mut best: HashMap<String, (usize, u64, String, &RouteAd)> = HashMap::new();
+        let mut best: BTreeMap<String, (usize, u64, String, &RouteAd)> = BTreeMap::new();
         let own = self.gateways.iter().flat_map(|(node, g)| {
             let rtt = metric_ms(&g.handle.stats);
             g.learned

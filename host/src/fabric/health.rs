@@ -4,10 +4,8 @@
 //! demoted; calls go to healthy replicas; after a while it gets calls again and earns its place
 //! back.
 
-use std::collections::HashMap;
-use std::time::Duration;
-
-use tokio::time::Instant;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 /// Penalties count up to this in the factor (4^20: any route wins over such a node).
 const MAX_PENALTY: f64 = 20.0;
@@ -30,7 +28,7 @@ pub enum Outcome {
 
 #[derive(Debug, Default)]
 pub struct Scores {
-    penalties: HashMap<String, (f64, Instant)>,
+    penalties: BTreeMap<String, (f64, Instant)>,
 }
 
 impl Scores {
@@ -41,8 +39,7 @@ impl Scores {
         })
     }
 
-    pub fn record(&mut self, node: &str, outcome: Outcome) {
-        let now = Instant::now();
+    pub fn record(&mut self, node: &str, outcome: Outcome, now: Instant) {
         let penalty = self.current(node, now);
         let penalty = match outcome {
             Outcome::Answered => penalty / 2.0,
@@ -62,13 +59,13 @@ impl Scores {
     /// call, ×1024 after five errors in a row). Exponential, so that a few bad answers outweigh
     /// any difference of round-trip times (one slow ping can make a healthy link look 1000
     /// times slower than another).
-    pub fn factor(&self, node: &str) -> u64 {
-        4f64.powf(self.current(node, Instant::now()).min(MAX_PENALTY)).round() as u64
+    pub fn factor(&self, node: &str, now: Instant) -> u64 {
+        4f64.powf(self.current(node, now).min(MAX_PENALTY)).round() as u64
     }
 
     /// The penalty of each node that has one, for `weft peers`.
-    pub fn penalty(&self, node: &str) -> f64 {
-        self.current(node, Instant::now())
+    pub fn penalty(&self, node: &str, now: Instant) -> f64 {
+        self.current(node, now)
     }
 }
 
@@ -79,19 +76,20 @@ mod tests {
     #[test]
     fn failures_demote_and_answers_restore() {
         let mut scores = Scores::default();
-        assert_eq!(scores.factor("a"), 1);
-        scores.record("a", Outcome::Failed);
-        assert_eq!(scores.factor("a"), 4);
-        scores.record("a", Outcome::Dropped);
-        assert_eq!(scores.factor("a"), 1024);
+        let now = Instant::now();
+        assert_eq!(scores.factor("a", now), 1);
+        scores.record("a", Outcome::Failed, now);
+        assert_eq!(scores.factor("a", now), 4);
+        scores.record("a", Outcome::Dropped, now);
+        assert_eq!(scores.factor("a", now), 1024);
         for _ in 0..100 {
-            scores.record("b", Outcome::Failed);
+            scores.record("b", Outcome::Failed, now);
         }
-        assert_eq!(scores.factor("b"), 4u64.pow(20), "bounded");
+        assert_eq!(scores.factor("b", now), 4u64.pow(20), "bounded");
         for _ in 0..10 {
-            scores.record("a", Outcome::Answered);
+            scores.record("a", Outcome::Answered, now);
         }
-        assert_eq!(scores.factor("a"), 1);
-        assert_eq!(scores.factor("c"), 1, "a node never called is not penalised");
+        assert_eq!(scores.factor("a", now), 1);
+        assert_eq!(scores.factor("c", now), 1, "a node never called is not penalised");
     }
 }

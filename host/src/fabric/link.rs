@@ -329,21 +329,15 @@ where
     // A link to a node of another cluster is a gateway link: no gossip crosses it, only
     // route tables, calls and their replies.
     let gateway = peer.cluster != fabric.config.cluster;
+    let (conn, retire) = fabric.open_conn(tx.clone());
     let added = fabric.with_state(|s| {
         if fabric.is_leaving() {
             return None;
         }
         let added = if gateway {
-            s.add_gateway(&peer.node, &peer.url, &peer.cluster, peer.tier, dialer, tx.clone())
+            s.add_gateway(conn, &peer.node, &peer.url, &peer.cluster, peer.tier, dialer)
         } else {
-            s.add_link(
-                &peer.node,
-                &peer.url,
-                peer.key,
-                dialer,
-                tx.clone(),
-                fabric.config.max_mesh,
-            )
+            s.add_link(conn, &peer.node, &peer.url, peer.key, dialer, fabric.config.max_mesh)
         };
         if let Some(url) = &dialed {
             s.dial_done(url, added.as_ref().is_some_and(|a| a.current));
@@ -352,9 +346,10 @@ where
     });
     let Some(admitted) = added else {
         tracing::debug!(peer = %peer.node, "cut off (or leaving); dropping this connection");
+        fabric.close_conn(conn);
         return;
     };
-    let (link_id, stats, retire) = (admitted.id, admitted.stats, admitted.retire);
+    let (link_id, stats) = (admitted.id, admitted.stats);
     let frame_limit = fabric.peer_frame_limit();
     if !admitted.current {
         tracing::debug!(peer = %peer.node, "already linked (or at the bound of links); retiring this connection");
@@ -371,13 +366,6 @@ where
     let mut retired = (!admitted.current).then(Instant::now);
     if retired.is_some() && !gateway {
         queue(&tx, PeerMessage::Unlink);
-    }
-    if admitted.current && !gateway {
-        // What the peer needs first: this node's record, and the versions of every record held
-        // (the peer asks for what it lacks and sends what this node lacks).
-        let (record, versions) = fabric.with_state(|s| (s.own_record_message(), s.versions_message(true)));
-        let _ = tx.try_send(record);
-        let _ = tx.try_send(versions);
     }
 
     let timing = fabric.config.timing.clone();
@@ -483,7 +471,7 @@ where
                         break;
                     }
                     gossip => {
-                        if let Flow::Left = fabric.on_gossip(&peer.node, &tx, gossip) {
+                        if let Flow::Left = fabric.with_state(|s| s.on_gossip(&peer.node, link_id, gossip)) {
                             tracing::info!(peer = %peer.node, "peer left");
                             left = true;
                             break;
@@ -550,6 +538,7 @@ where
             }
         }
     });
+    fabric.close_conn(link_id);
     fabric.fail_pending(link_id);
     drop(tx);
     writer.abort();

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
@@ -47,7 +47,7 @@ use crate::plugins::Selector;
 use crate::rpc::{Executor, Remote, RemoteCall, RemoteFuture};
 use crate::runtime::CallContext;
 use identity::NodeKey;
-use state::{Route, State};
+use state::{Output, Route, State};
 use wire::{CallRequest, CatalogEntry, PeerMessage, WireError, MAX_HOPS};
 
 /// Timings of failure detection and repair, with their defaults.
@@ -125,7 +125,18 @@ impl FabricConfig {
 pub struct Fabric {
     config: FabricConfig,
     executor: Arc<Executor>,
+    /// The state machine; every input to it goes through `with_state`, which then carries
+    /// out what it asked for.
     state: Mutex<State>,
+    /// The connections that passed the handshake, by the id the state machine knows them by.
+    conns: Mutex<HashMap<u64, Conn>>,
+    next_conn: AtomicU64,
+    /// Poked when the maintenance tick should run now (a new member to dial).
+    wake: tokio::sync::Notify,
+    /// Poked when anything routes between clusters depend on changes.
+    federation_dirty: tokio::sync::Notify,
+    /// Moves whenever a record is taken or dropped.
+    records: watch::Sender<u64>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
     me: Weak<Fabric>,
@@ -145,6 +156,12 @@ const BEHAVE: u8 = 0;
 const ANSWER_ERRORS: u8 = 1;
 const DROP_CALLS: u8 = 2;
 
+/// The driver's end of a connection: its queue of frames, and how its task is told it retired.
+struct Conn {
+    tx: mpsc::Sender<PeerMessage>,
+    retire: Arc<tokio::sync::Notify>,
+}
+
 struct Pending {
     /// The link the call was sent on.
     link: u64,
@@ -160,8 +177,18 @@ impl Fabric {
         if config.secret.is_empty() {
             tracing::warn!("no cluster secret is set: any node that knows the cluster id can join (--cluster-secret)");
         }
+        let started_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
+        let seed = u64::from_le_bytes(auth::nonce()[..8].try_into().unwrap_or_default());
+        let state = State::new(&config, std::time::Instant::now(), started_ms, seed);
         let fabric = Arc::new_cyclic(|me| Fabric {
-            state: Mutex::new(State::new(&config)),
+            state: Mutex::new(state),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            wake: tokio::sync::Notify::new(),
+            federation_dirty: tokio::sync::Notify::new(),
+            records: watch::Sender::new(0),
             config,
             executor: executor.clone(),
             pending: Mutex::new(HashMap::new()),
@@ -194,8 +221,10 @@ impl Fabric {
     /// Tells every peer this node leaves, so they drop it at once.
     pub async fn leave(&self) {
         self.leaving.store(true, Ordering::SeqCst);
-        self.broadcast(PeerMessage::Leave {
-            node: self.config.node_id.clone(),
+        let me = self.config.node_id.clone();
+        self.with_state(|s| {
+            s.leaving = true;
+            s.broadcast(None, PeerMessage::Leave { node: me });
         });
         // Let the writers put the frames on the wire.
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -215,11 +244,96 @@ impl Fabric {
         self.executor.limits().max_frame_bytes.saturating_mul(2)
     }
 
+    /// Hands the state machine an input (`f`, at the current time), then carries out what it
+    /// asked for: frames to queue, connections to retire, ticks to run now.
     fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
-        match self.state.lock() {
-            Ok(mut state) => f(&mut state),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
+        let (result, outputs, wake, federation, records) = {
+            let mut state = match self.state.lock() {
+                Ok(state) => state,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            state.set_now(std::time::Instant::now());
+            let result = f(&mut state);
+            (
+                result,
+                state.take_outputs(),
+                std::mem::take(&mut state.wake),
+                std::mem::take(&mut state.federation_dirty),
+                std::mem::take(&mut state.records_dirty),
+            )
+        };
+        if !outputs.is_empty() {
+            self.carry_out(outputs);
         }
+        if wake {
+            self.wake.notify_one();
+        }
+        if federation {
+            self.federation_dirty.notify_one();
+        }
+        if records {
+            self.records.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        result
+    }
+
+    /// Queues the frames the state machine sent and retires the connections it retired. Never
+    /// waits: a connection whose queue is full misses a frame (a peer that slow is about to be
+    /// dropped; anti-entropy repairs what it missed).
+    fn carry_out(&self, outputs: Vec<Output>) {
+        let Ok(conns) = self.conns.lock() else {
+            return;
+        };
+        for output in outputs {
+            match output {
+                Output::Send { link, message } => {
+                    if let Some(conn) = conns.get(&link) {
+                        if conn.tx.try_send(message).is_err() {
+                            tracing::debug!(link, "peer queue full; a gossip message was skipped");
+                        }
+                    }
+                }
+                Output::Retire { link } => {
+                    if let Some(conn) = conns.get(&link) {
+                        conn.retire.notify_one();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The queue of connection `link`, while it is open.
+    fn sender(&self, link: u64) -> Option<mpsc::Sender<PeerMessage>> {
+        self.conns.lock().ok()?.get(&link).map(|c| c.tx.clone())
+    }
+
+    /// Numbers a connection that passed the handshake and keeps its queue, before the state
+    /// machine hears of it (so that what it queues for the connection at once is sent).
+    fn open_conn(&self, tx: mpsc::Sender<PeerMessage>) -> (u64, Arc<tokio::sync::Notify>) {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let retire = Arc::new(tokio::sync::Notify::new());
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.insert(
+                id,
+                Conn {
+                    tx,
+                    retire: retire.clone(),
+                },
+            );
+        }
+        (id, retire)
+    }
+
+    /// Forgets connection `link` (closed).
+    fn close_conn(&self, link: u64) {
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.remove(&link);
+        }
+    }
+
+    /// Follows changes of the records held (a counter that moves on each).
+    pub fn watch_records(&self) -> watch::Receiver<u64> {
+        self.records.subscribe()
     }
 
     /// Keeps the mesh: dials members and seeds, declares suspects dead, exchanges digests.
@@ -228,28 +342,17 @@ impl Fabric {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_digest = Instant::now();
         let mut stop = self.stop.clone();
-        let wake = self.with_state(|s| s.wake.clone());
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = wake.notified() => {}
+                _ = self.wake.notified() => {}
                 _ = stop.changed() => return,
             }
             if self.is_leaving() {
                 return;
             }
             let now = Instant::now();
-            let state::Maintenance {
-                dials,
-                dead,
-                probes,
-                publish,
-                verify,
-                tree,
-            } = self.with_state(|s| s.plan_maintenance(now, &self.config));
-            for (tx, message) in tree {
-                let _ = tx.try_send(message);
-            }
+            let state::Maintenance { dials, probes, verify } = self.with_state(|s| s.plan_maintenance(&self.config));
             for node in verify {
                 let me = self.clone();
                 tokio::spawn(async move {
@@ -259,12 +362,7 @@ impl Fabric {
                     }
                 });
             }
-            if let Some(record) = publish {
-                self.broadcast(record);
-            }
             for node in probes {
-                tracing::debug!(peer = %node, "peer suspected; asking the others whether they still hear it");
-                self.broadcast(PeerMessage::Probe { node: node.clone() });
                 let me = self.clone();
                 tokio::spawn(async move {
                     let window = me.with_state(|s| s.probe_window());
@@ -273,17 +371,15 @@ impl Fabric {
                     }
                 });
             }
-            for death in dead {
-                tracing::warn!(peer = %death.node, "peer declared dead; its commands are withdrawn");
-                self.broadcast(PeerMessage::Dead(death));
-            }
             for url in dials {
                 tokio::spawn(link::dial(self.clone(), url));
             }
             if now.duration_since(last_digest) >= self.config.timing.anti_entropy {
                 last_digest = now;
-                let summary = self.with_state(|s| s.summary());
-                self.broadcast(PeerMessage::Digest { summary });
+                self.with_state(|s| {
+                    let summary = s.summary();
+                    s.broadcast(None, PeerMessage::Digest { summary });
+                });
             }
         }
     }
@@ -316,26 +412,31 @@ impl Fabric {
     /// changes (and every half second, for round trips), re-signs this node's record when its
     /// routes change, and sends each gateway peer its table when it changes.
     async fn federate(self: Arc<Self>) {
-        let dirty = self.with_state(|s| s.federation_dirty.clone());
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop = self.stop.clone();
         loop {
             tokio::select! {
-                _ = dirty.notified() => {}
+                _ = self.federation_dirty.notified() => {}
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
             if self.is_leaving() {
                 return;
             }
-            let (publish, sends) = self.with_state(|s| s.federation_update());
-            if let Some(record) = publish {
-                self.broadcast(record);
-            }
-            for (tx, table) in sends {
-                if tx.try_send(PeerMessage::Routes(table)).is_err() {
-                    self.with_state(|s| s.routes_unsent(&tx));
+            let sends = self.with_state(|s| {
+                let (publish, sends) = s.federation_update();
+                if let Some(record) = publish {
+                    s.broadcast(None, record);
+                }
+                sends
+            });
+            for (link, table) in sends {
+                let sent = self
+                    .sender(link)
+                    .is_some_and(|tx| tx.try_send(PeerMessage::Routes(table)).is_ok());
+                if !sent {
+                    self.with_state(|s| s.routes_unsent(link));
                 }
             }
         }
@@ -357,7 +458,10 @@ impl Fabric {
         match route {
             Some(route) => {
                 tracing::debug!(to = %delivery.to.node, via = %route.via, "rerouting a reply");
-                if route.tx.try_send(PeerMessage::Deliver(delivery)).is_err() {
+                let sent = self
+                    .sender(route.link)
+                    .is_some_and(|tx| tx.try_send(PeerMessage::Deliver(delivery)).is_ok());
+                if !sent {
                     tracing::debug!(via = %route.via, "the link for a rerouted reply is full or gone");
                 }
             }
@@ -402,24 +506,14 @@ impl Fabric {
                     replica_of: c.replica_of.as_deref().map(str::to_string),
                 })
                 .collect();
-            let message = self.with_state(|s| s.set_local_catalog(entries));
-            if let Some(message) = message {
-                self.broadcast(message);
-            }
+            self.with_state(|s| {
+                if let Some(message) = s.set_local_catalog(entries) {
+                    s.broadcast(None, message);
+                }
+            });
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
                 _ = stop.changed() => return,
-            }
-        }
-    }
-
-    /// Queues `message` on every link. Never waits: a link whose queue is full misses it (a
-    /// peer that slow is about to be dropped; anti-entropy repairs what it missed).
-    fn broadcast(&self, message: PeerMessage) {
-        let links = self.with_state(|s| s.link_senders());
-        for (node, tx) in links {
-            if tx.try_send(message.clone()).is_err() {
-                tracing::debug!(peer = %node, "peer queue full; a gossip message was skipped");
             }
         }
     }
@@ -708,7 +802,10 @@ impl Fabric {
                 id,
             },
         );
-        match tokio::time::timeout_at(deadline, route.tx.send(PeerMessage::Call(request))).await {
+        let Some(tx) = self.sender(route.link) else {
+            return Exchange::NotSent;
+        };
+        match tokio::time::timeout_at(deadline, tx.send(PeerMessage::Call(request))).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Exchange::NotSent,
             Err(_) => return Exchange::Full,
@@ -842,7 +939,10 @@ impl Fabric {
                     _ => None,
                 };
                 if let Some(node) = node {
-                    self.with_state(|s| s.scores.record(node, outcome));
+                    self.with_state(|s| {
+                        let now = s.now();
+                        s.scores.record(node, outcome, now)
+                    });
                 }
             };
             match outcome {
@@ -930,7 +1030,12 @@ impl Fabric {
             let outcome = self.exchange(&step.route, attempt, context.deadline).await;
             // The first node on the way (a gateway, or the member whose gateway it is) answers
             // for the route it advertised.
-            let record = |outcome| self.with_state(|s| s.scores.record(&step.route.via, outcome));
+            let record = |outcome| {
+                self.with_state(|s| {
+                    let now = s.now();
+                    s.scores.record(&step.route.via, outcome, now)
+                })
+            };
             match outcome {
                 Exchange::Answered(Ok(value)) => {
                     record(health::Outcome::Answered);
@@ -1121,7 +1226,7 @@ impl Remote for Fabric {
             return Ok(Value::from(how));
         }
         if let Some(command) = action.strip_prefix("advertise:") {
-            let record = self.with_state(|s| {
+            self.with_state(|s| {
                 s.fake_entries.push(CatalogEntry {
                     command: command.to_string(),
                     tags: Vec::new(),
@@ -1133,9 +1238,9 @@ impl Remote for Fabric {
                     size: 0,
                     replica_of: None,
                 });
-                s.republish()
+                let record = s.republish();
+                s.broadcast(None, record);
             });
-            self.broadcast(record);
             return Ok(Value::from(command));
         }
         if let Some(ms) = action.strip_prefix("delay:") {

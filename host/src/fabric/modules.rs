@@ -7,7 +7,7 @@
 //! checks the size against what the catalog announced and the sha256 against the digest before
 //! anything is kept or run.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -94,13 +94,8 @@ pub enum FetchError {
 impl Fabric {
     /// The plugins every other node whose record this node holds serves from its own directory
     /// (replicas excluded), by node: a node present with no offers withdrew them all.
-    pub fn offers(&self) -> HashMap<String, Vec<Offer>> {
+    pub fn offers(&self) -> std::collections::BTreeMap<String, Vec<Offer>> {
         self.with_state(|s| s.offers())
-    }
-
-    /// Follows changes of the records held (a counter that moves on each).
-    pub fn watch_records(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.with_state(|s| s.watch_records())
     }
 
     /// Serves a chunk of a module this node holds (a `weft.module` call from a peer).

@@ -1,14 +1,13 @@
 //! What a node knows of the fabric: members, their signed records (catalog, links), its own
 //! links, and how it picks the replica a call goes to and the link it goes through.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use std::time::Instant;
 
 use super::federation::Gateway;
 use super::health::Scores;
@@ -37,25 +36,20 @@ pub struct LinkStats {
     pub delay_us: AtomicU64,
 }
 
+/// A connection this node keeps as its link to a peer. Messages for the peer go out on it as
+/// `Output::Send` with its id; the driver owns the connection itself.
 pub struct LinkHandle {
     pub id: u64,
-    pub tx: mpsc::Sender<PeerMessage>,
     pub stats: Arc<LinkStats>,
     /// Which side dialed: when two nodes dial each other at once, both keep the connection
     /// dialed by the node with the smaller id.
     pub dialer: String,
-    /// Tells the link's task that it is no longer this node's link to the peer (it lost a
-    /// duplicate contest, or was dropped from the partial view): see `Admitted::retire`.
-    pub retire: Arc<tokio::sync::Notify>,
 }
 
 /// A connection that passed the handshake, as registered.
 pub struct Admitted {
     pub id: u64,
     pub stats: Arc<LinkStats>,
-    /// Notified when the link is retired: nothing new is sent on it, while the calls already
-    /// crossing it (both ways) are answered before it closes.
-    pub retire: Arc<tokio::sync::Notify>,
     /// Whether it is the node's link to the peer. A connection that lost a duplicate contest,
     /// or came past the bound of links, starts retired: the peer may already have sent calls
     /// on it.
@@ -64,13 +58,11 @@ pub struct Admitted {
 
 impl Admitted {
     /// What the node keeps of its link to the peer, when the connection is the current one.
-    pub fn handle(&self, tx: mpsc::Sender<PeerMessage>, dialer: &str) -> LinkHandle {
+    pub fn handle(&self, dialer: &str) -> LinkHandle {
         LinkHandle {
             id: self.id,
-            tx,
             stats: self.stats.clone(),
             dialer: dialer.to_string(),
-            retire: self.retire.clone(),
         }
     }
 }
@@ -107,21 +99,27 @@ pub struct Member {
     pub probed: Option<Instant>,
 }
 
-/// What a maintenance tick decided.
+/// What the state machine asks its driver to do. The machine owns no connection: it names
+/// them by the ids the driver gave them.
+#[derive(Debug)]
+pub enum Output {
+    /// Queue `message` on connection `link`.
+    Send { link: u64, message: PeerMessage },
+    /// Connection `link` is no longer this node's link to its peer: nothing new is sent on it,
+    /// the calls crossing it (both ways) are answered, and it closes once quiet.
+    Retire { link: u64 },
+}
+
+/// What a maintenance tick decided besides the messages it queued (deaths, probes, records,
+/// tree announcements): the actions only the driver can take.
 #[derive(Default)]
 pub struct Maintenance {
     /// URLs to dial.
     pub dials: Vec<String>,
-    /// Suspects now declared dead.
-    pub dead: Vec<Death>,
-    /// Suspects to ask the other peers about.
+    /// Suspects the other peers were asked about; reached through the fabric meanwhile.
     pub probes: Vec<String>,
-    /// This node's record, re-signed because its links changed.
-    pub publish: Option<PeerMessage>,
     /// Members no link watches, to check with a call through the fabric.
     pub verify: Vec<String>,
-    /// Announcements of records to lazy links, and requests for what they announced.
-    pub tree: Vec<(mpsc::Sender<PeerMessage>, PeerMessage)>,
 }
 
 /// The round-trip time assumed for a link before its first pong when no link is measured (1 ms).
@@ -179,7 +177,6 @@ pub struct Route {
     pub target: String,
     pub via: String,
     pub link: u64,
-    pub tx: mpsc::Sender<PeerMessage>,
     pub stats: Arc<LinkStats>,
     /// Calls in flight to the target node.
     pub inflight: Arc<AtomicUsize>,
@@ -190,7 +187,7 @@ pub enum Rumour {
     /// Believed: relay it.
     Believed,
     /// This node is linked to the subject: pass it on to the subject, which refutes it.
-    Subject(mpsc::Sender<PeerMessage>),
+    Subject,
     /// This node is linked to the subject and holds a record of it signed after the death: the
     /// answer to send to the claimant.
     Answer(NodeRecord),
@@ -251,19 +248,27 @@ pub struct State {
     /// The other clusters this node reaches through its gateway links (in its record).
     pub(super) local_routes: Vec<RouteAd>,
     /// Links to nodes of other clusters.
-    pub(super) gateways: HashMap<String, Gateway>,
+    pub(super) gateways: BTreeMap<String, Gateway>,
     /// How well each node served this node's calls.
     pub scores: Scores,
     /// Commands this node advertises without serving them (fault injection).
     pub fake_entries: Vec<CatalogEntry>,
-    /// Poked when the maintenance tick should run now (a new member to dial).
-    pub(super) wake: Arc<tokio::sync::Notify>,
-    /// Poked when anything routes between clusters depend on changes.
-    pub(super) federation_dirty: Arc<tokio::sync::Notify>,
+    /// The time of the input being handled (set by the driver before each input).
+    now: Instant,
+    /// What the driver is to do, in order (drained after each input).
+    out: Vec<Output>,
+    /// The maintenance tick should run now (a new member to dial).
+    pub(super) wake: bool,
+    /// Something the routes between clusters depend on changed.
+    pub(super) federation_dirty: bool,
+    /// A record was taken or dropped.
+    pub(super) records_dirty: bool,
+    /// The node announced its departure: it refutes nothing and dials nobody.
+    pub(super) leaving: bool,
     /// Seeds that turned out to be gateways (redialed whenever unlinked).
-    pub(super) gateway_seeds: HashSet<String>,
+    pub(super) gateway_seeds: BTreeSet<String>,
     /// Delay added to frames sent to these nodes, µs (fault injection).
-    pub(super) delays: HashMap<String, u64>,
+    pub(super) delays: BTreeMap<String, u64>,
     own: Option<NodeRecord>,
     announced: bool,
     /// Since when links have changed without being announced (this node's record re-signed).
@@ -274,54 +279,55 @@ pub struct State {
     /// No unlinked member is checked before this (the fabric is settling after a heal).
     settle_until: Instant,
     /// Seeds this node has been linked to.
-    pub(super) seeds_joined: HashSet<String>,
+    pub(super) seeds_joined: BTreeSet<String>,
     /// A member held dead to dial past the bound of the partial view (a partition healing).
     heal_dial: Option<String>,
     /// Nodes this node refuses to talk to (fault injection in tests).
-    pub blocked: HashSet<String>,
-    pub(super) links: HashMap<String, LinkHandle>,
+    pub blocked: BTreeSet<String>,
+    pub(super) links: BTreeMap<String, LinkHandle>,
     /// Which links records are pushed on (the others announce them).
     pub(super) tree: super::tree::Tree,
-    members: HashMap<String, Member>,
-    pub(super) records: HashMap<String, NodeRecord>,
-    /// Moves whenever a record is taken or dropped.
-    records_watch: tokio::sync::watch::Sender<u64>,
+    members: BTreeMap<String, Member>,
+    pub(super) records: BTreeMap<String, NodeRecord>,
     /// Each node's public key: proven in a handshake, or taken from its first record.
-    keys: HashMap<String, [u8; 32]>,
+    keys: BTreeMap<String, [u8; 32]>,
     /// Calls in flight to each node (through any link).
-    pub(super) inflight: HashMap<String, Arc<AtomicUsize>>,
+    pub(super) inflight: BTreeMap<String, Arc<AtomicUsize>>,
     /// The peer each node's record came through last (a route to it until its links are known).
-    learned_from: HashMap<String, String>,
+    learned_from: BTreeMap<String, String>,
     /// First hops to every reachable node; recomputed after any change of records or links.
-    routes: Option<HashMap<String, (String, u32)>>,
+    routes: Option<BTreeMap<String, (String, u32)>>,
     /// URLs being dialed now.
-    pub dialing: HashSet<String>,
-    pub(super) backoff: HashMap<String, Backoff>,
+    pub dialing: BTreeSet<String>,
+    pub(super) backoff: BTreeMap<String, Backoff>,
     pub(super) seeds: Vec<String>,
-    pub(super) next_link: u64,
     rng: u64,
 }
 
 impl State {
-    pub fn new(config: &FabricConfig) -> Self {
-        // A restarted node outranks rumours about its previous life, and its record versions
-        // outrank the ones peers still hold from that life: both start at the start time.
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis() as u64);
+    /// A node's state as it starts at `now`; `started_ms`: the wall-clock time of the start in
+    /// ms (a restarted node outranks rumours about its previous life, and its record versions
+    /// outrank the ones peers still hold from that life: both start at the start time); `seed`:
+    /// the seed of its random choices.
+    pub fn new(config: &FabricConfig, now: Instant, started_ms: u64, seed: u64) -> Self {
+        let started = started_ms.max(1);
         State {
             me: config.node_id.clone(),
             cluster: config.cluster.clone(),
             tier: config.tier,
             hop_budget: config.hop_budget,
             local_routes: Vec::new(),
-            gateways: HashMap::new(),
-            federation_dirty: Arc::new(tokio::sync::Notify::new()),
-            wake: Arc::new(tokio::sync::Notify::new()),
+            gateways: BTreeMap::new(),
+            now,
+            out: Vec::new(),
+            wake: false,
+            federation_dirty: false,
+            records_dirty: false,
+            leaving: false,
             scores: Scores::default(),
             fake_entries: Vec::new(),
-            gateway_seeds: HashSet::new(),
-            delays: HashMap::new(),
+            gateway_seeds: BTreeSet::new(),
+            delays: BTreeMap::new(),
             my_url: config.advertise_url.clone(),
             key: config.key.clone(),
             incarnation: started,
@@ -330,28 +336,69 @@ impl State {
             own: None,
             announced: false,
             links_changed: None,
-            links_announced: Instant::now(),
-            next_check: Instant::now(),
-            settle_until: Instant::now(),
-            seeds_joined: HashSet::new(),
+            links_announced: now,
+            next_check: now,
+            settle_until: now,
+            seeds_joined: BTreeSet::new(),
             heal_dial: None,
-            links: HashMap::new(),
+            links: BTreeMap::new(),
             tree: Default::default(),
-            members: HashMap::new(),
-            records: HashMap::new(),
-            records_watch: tokio::sync::watch::Sender::new(0),
-            keys: HashMap::new(),
-            learned_from: HashMap::new(),
-            inflight: HashMap::new(),
+            members: BTreeMap::new(),
+            records: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            learned_from: BTreeMap::new(),
+            inflight: BTreeMap::new(),
             routes: None,
-            dialing: HashSet::new(),
-            backoff: HashMap::new(),
+            dialing: BTreeSet::new(),
+            backoff: BTreeMap::new(),
             seeds: config.seeds.clone(),
-            blocked: HashSet::new(),
-            next_link: 1,
-            rng: super::auth::nonce()
-                .iter()
-                .fold(0x9e37_79b9_7f4a_7c15u64, |h, b| h.rotate_left(8) ^ u64::from(*b)),
+            blocked: BTreeSet::new(),
+            // xorshift needs a non-zero state.
+            rng: seed | 1,
+        }
+    }
+
+    /// Sets the time of the input about to be handled.
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    /// The time of the input being handled.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// What the driver is to do after the inputs handled since the last call, in order.
+    pub fn take_outputs(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Queues `message` on the link to `node`, if there is one.
+    pub(super) fn send(&mut self, node: &str, message: PeerMessage) {
+        if let Some(link) = self.links.get(node) {
+            self.out.push(Output::Send { link: link.id, message });
+        }
+    }
+
+    /// Queues `message` on connection `link` (the one a message came in on).
+    pub(super) fn send_on(&mut self, link: u64, message: PeerMessage) {
+        self.out.push(Output::Send { link, message });
+    }
+
+    /// Connection `link` is retired (see `Output::Retire`).
+    pub(super) fn retire(&mut self, link: u64) {
+        self.out.push(Output::Retire { link });
+    }
+
+    /// Queues `message` on every link but `except`'s.
+    pub(super) fn broadcast(&mut self, except: Option<&str>, message: PeerMessage) {
+        for (node, link) in &self.links {
+            if except != Some(node.as_str()) {
+                self.out.push(Output::Send {
+                    link: link.id,
+                    message: message.clone(),
+                });
+            }
         }
     }
 
@@ -371,7 +418,7 @@ impl State {
         self.local_version += 1;
         self.own = None;
         self.links_changed = None;
-        self.links_announced = Instant::now();
+        self.links_announced = self.now;
         self.own_record_message()
     }
 
@@ -411,17 +458,18 @@ impl State {
         }
     }
 
-    /// Registers a new authenticated link (`dialer`: the node that dialed it; `key`: the key
-    /// it proved). `None` when the node is cut off; retired from the start when the node is
-    /// already linked by the connection both sides keep, or this node has all the links it may
-    /// have.
+    /// Registers a new authenticated connection `id` (numbered by the driver) as a link to
+    /// `node` (`dialer`: the node that dialed it; `key`: the key it proved). `None` when the
+    /// node is cut off; retired from the start when the node is already linked by the
+    /// connection both sides keep, or this node has all the links it may have. A connection that
+    /// becomes the link gets this node's record and the versions of every record held first.
     pub fn add_link(
         &mut self,
+        id: u64,
         node: &str,
         url: &str,
         key: [u8; 32],
         dialer: &str,
-        tx: mpsc::Sender<PeerMessage>,
         max_mesh: usize,
     ) -> Option<Admitted> {
         if self.blocked.contains(node) {
@@ -448,13 +496,13 @@ impl State {
             }
             None => self.accepts_link(node, max_mesh),
         };
-        let admitted = self.admit(node, current);
+        let admitted = self.admit(id, node, current);
         admitted.stats.rtt_us.store(measured.0, Ordering::Relaxed);
         admitted.stats.path_rtt_us.store(measured.1, Ordering::Relaxed);
         if !current {
             return Some(admitted);
         }
-        self.links.insert(node.to_string(), admitted.handle(tx, dialer));
+        self.links.insert(node.to_string(), admitted.handle(dialer));
         self.tree.linked(node);
         self.backoff.remove(url);
         if self.seeds.iter().any(|s| s == url) {
@@ -470,31 +518,30 @@ impl State {
             incarnation: 0,
             heard: 0,
             status: Status::Alive,
-            since: Instant::now(),
+            since: self.now,
             probed: None,
         });
         member.url = url.to_string();
         member.status = Status::Alive;
-        member.since = Instant::now();
+        member.since = self.now;
         member.probed = None;
         self.topology_changed();
+        // What the peer needs first: this node's record, and the versions of every record held
+        // (the peer asks for what it lacks and sends what this node lacks).
+        let record = self.own_record_message();
+        self.send_on(id, record);
+        let versions = self.versions_message(true);
+        self.send_on(id, versions);
         Some(admitted)
     }
 
-    /// A new connection to `node`, numbered, with the delay set for it (fault injection).
-    pub(super) fn admit(&mut self, node: &str, current: bool) -> Admitted {
-        let id = self.next_link;
-        self.next_link += 1;
+    /// Connection `id` to `node`, with the delay set for it (fault injection).
+    pub(super) fn admit(&mut self, id: u64, node: &str, current: bool) -> Admitted {
         let stats = Arc::new(LinkStats::default());
         if let Some(delay) = self.delays.get(node) {
             stats.delay_us.store(*delay, Ordering::Relaxed);
         }
-        Admitted {
-            id,
-            stats,
-            retire: Arc::new(tokio::sync::Notify::new()),
-            current,
-        }
+        Admitted { id, stats, current }
     }
 
     /// Members held alive or suspect.
@@ -533,7 +580,7 @@ impl State {
     /// retire it.
     fn retire_link(&mut self, node: &str) {
         if let Some(link) = self.links.remove(node) {
-            link.retire.notify_one();
+            self.retire(link.id);
             self.topology_changed();
         }
     }
@@ -546,7 +593,7 @@ impl State {
             if let Some(member) = self.members.get_mut(node) {
                 if member.status == Status::Alive && !quietly {
                     member.status = Status::Suspect;
-                    member.since = Instant::now();
+                    member.since = self.now;
                     member.probed = None;
                 }
             }
@@ -565,16 +612,11 @@ impl State {
     fn records_changed(&mut self) {
         self.routes = None;
         self.federation_changed();
-        self.records_watch.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    /// Follows changes of the records held.
-    pub fn watch_records(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.records_watch.subscribe()
+        self.records_dirty = true;
     }
 
     /// The plugins each node whose record is held serves from its own directory.
-    pub fn offers(&self) -> HashMap<String, Vec<Offer>> {
+    pub fn offers(&self) -> BTreeMap<String, Vec<Offer>> {
         self.records
             .iter()
             .map(|(node, record)| {
@@ -632,15 +674,8 @@ impl State {
     }
 
     fn topology_changed(&mut self) {
-        self.links_changed.get_or_insert_with(Instant::now);
+        self.links_changed.get_or_insert(self.now);
         self.routes = None;
-    }
-
-    pub fn link_senders(&self) -> Vec<(String, mpsc::Sender<PeerMessage>)> {
-        self.links
-            .iter()
-            .map(|(node, l)| (node.clone(), l.tx.clone()))
-            .collect()
     }
 
     /// Takes `record` (from the link of `from`) when it is newer than the one held and signed
@@ -676,14 +711,14 @@ impl State {
         self.keys.insert(body.node.clone(), body.key);
         if !self.members.contains_key(&body.node) {
             // A new member: dial it now rather than at the next maintenance tick.
-            self.wake.notify_one();
+            self.wake = true;
         }
         let member = self.members.entry(body.node.clone()).or_insert_with(|| Member {
             url: body.url.clone(),
             incarnation: body.incarnation,
             heard: body.version,
             status: Status::Alive,
-            since: Instant::now(),
+            since: self.now,
             probed: None,
         });
         member.url = body.url.clone();
@@ -694,10 +729,10 @@ impl State {
         let revived = matches!(member.status, Status::Dead | Status::Left);
         if revived || (member.status == Status::Suspect && body.version > member.heard) {
             member.status = Status::Alive;
-            member.since = Instant::now();
+            member.since = self.now;
             member.probed = None;
             if revived {
-                self.settle_until = Instant::now() + SETTLE;
+                self.settle_until = self.now + SETTLE;
             }
         }
         member.incarnation = member.incarnation.max(body.incarnation);
@@ -799,7 +834,7 @@ impl State {
     /// the link came up, when it also got this node's list of deaths).
     pub fn compare(&mut self, alive: Vec<(String, u64)>, dead: Vec<Death>, opening: bool) -> Comparison {
         let mut out = Comparison::default();
-        let theirs: HashMap<&str, u64> = alive.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+        let theirs: BTreeMap<&str, u64> = alive.iter().map(|(n, v)| (n.as_str(), *v)).collect();
         // Records are pulled: each side asks for what the other holds newer. The records of
         // nodes this node holds dead or gone are pushed by a peer that got its list of them (as
         // a link comes up): news that they live.
@@ -841,7 +876,7 @@ impl State {
         // dead unless another node still hears it). Not while the fabric settles after members
         // came back (a partition healing): the peer is then likely from the other side, and its
         // list is its view of this side.
-        let settling = Instant::now() < self.settle_until;
+        let settling = self.now < self.settle_until;
         for death in dead {
             if death.node == self.me {
                 continue;
@@ -861,11 +896,11 @@ impl State {
             if member.incarnation > death.incarnation {
                 continue;
             }
-            if let Some(link) = self.links.get(&death.node) {
-                out.rumours.push((death, Rumour::Subject(link.tx.clone())));
+            if self.links.contains_key(&death.node) {
+                out.rumours.push((death, Rumour::Subject));
             } else if !settling && member.status == Status::Alive && member.heard <= death.version {
                 member.status = Status::Suspect;
-                member.since = Instant::now();
+                member.since = self.now;
                 member.probed = None;
             }
         }
@@ -883,12 +918,12 @@ impl State {
             return false;
         }
         member.status = Status::Left;
-        member.since = Instant::now();
+        member.since = self.now;
         self.backoff.insert(
             member.url.clone(),
             Backoff {
                 failures: 4,
-                next: Instant::now() + REDIAL_AFTER_LEAVE,
+                next: self.now + REDIAL_AFTER_LEAVE,
             },
         );
         true
@@ -905,21 +940,21 @@ impl State {
         if member.incarnation > death.incarnation {
             return Rumour::Ignored;
         }
-        if let Some(link) = self.links.get(node) {
+        if self.links.contains_key(node) {
             // Linked to it: a record signed after the death answers the claimant; else the node
             // itself does.
             return match self.records.get(node) {
                 Some(record) if death.answered_by(record.body.incarnation, record.body.version) => {
                     Rumour::Answer(record.clone())
                 }
-                _ => Rumour::Subject(link.tx.clone()),
+                _ => Rumour::Subject,
             };
         }
         if matches!(member.status, Status::Dead | Status::Left) || member.heard > death.version {
             return Rumour::Ignored;
         }
         member.status = Status::Dead;
-        member.since = Instant::now();
+        member.since = self.now;
         member.incarnation = death.incarnation;
         member.heard = death.version;
         self.forget_record(node);
@@ -946,7 +981,7 @@ impl State {
         if let Some(member) = self.members.get_mut(node) {
             if member.status == Status::Suspect {
                 member.status = Status::Alive;
-                member.since = Instant::now();
+                member.since = self.now;
                 member.probed = None;
             }
         }
@@ -960,7 +995,7 @@ impl State {
         if let Some(member) = self.members.get_mut(node) {
             if member.status == Status::Alive {
                 member.status = Status::Suspect;
-                member.since = Instant::now();
+                member.since = self.now;
                 member.probed = None;
             }
         }
@@ -978,11 +1013,13 @@ impl State {
     /// What the maintenance tick should do. A suspect unreachable for `suspect_timeout` is
     /// probed through the other peers; if none of them vouches for it within the probe window,
     /// it is declared dead.
-    pub fn plan_maintenance(&mut self, now: Instant, config: &FabricConfig) -> Maintenance {
+    pub fn plan_maintenance(&mut self, config: &FabricConfig) -> Maintenance {
+        let now = self.now;
         let mut plan = Maintenance::default();
         let can_probe = !self.links.is_empty();
         let window = self.probe_window();
         let mut died = Vec::new();
+        let mut deaths = Vec::new();
         for (node, member) in self.members.iter_mut() {
             if member.status != Status::Suspect
                 || self.links.contains_key(node)
@@ -1001,7 +1038,7 @@ impl State {
                     member.since = now;
                     member.probed = None;
                     died.push(node.clone());
-                    plan.dead.push(Death {
+                    deaths.push(Death {
                         node: node.clone(),
                         incarnation: member.incarnation,
                         version: member.heard,
@@ -1029,6 +1066,14 @@ impl State {
         }
         for node in died {
             self.forget_record(&node);
+        }
+        for node in &plan.probes {
+            tracing::debug!(peer = %node, "peer suspected; asking the others whether they still hear it");
+            self.broadcast(None, PeerMessage::Probe { node: node.clone() });
+        }
+        for death in deaths {
+            tracing::warn!(peer = %death.node, "peer declared dead; its commands are withdrawn");
+            self.broadcast(None, PeerMessage::Dead(death));
         }
         // Dead members are forgotten after a while; until then they are still dialed (with
         // backoff), which is how the two sides of a healed partition find each other again.
@@ -1068,9 +1113,10 @@ impl State {
             .is_some_and(|since| now.duration_since(since) >= interval / 2)
             && now.duration_since(self.links_announced) >= interval
         {
-            plan.publish = Some(self.republish());
+            let record = self.republish();
+            self.broadcast(None, record);
         }
-        plan.tree = self.tree_messages(now);
+        self.tree_messages();
         plan
     }
 
@@ -1086,8 +1132,8 @@ impl State {
         if self.links.len() <= cap {
             return;
         }
-        let keep: HashSet<String> = self.ring_neighbours().into_iter().collect();
-        let seeds: HashSet<&str> = self.seeds.iter().map(String::as_str).collect();
+        let keep: BTreeSet<String> = self.ring_neighbours().into_iter().collect();
+        let seeds: BTreeSet<&str> = self.seeds.iter().map(String::as_str).collect();
         let mut candidates: Vec<String> = self
             .links
             .iter()
@@ -1148,7 +1194,7 @@ impl State {
     /// members are remembered, rejoins. (Kept dialed for ever, they would fight the partial view
     /// of a seed that drops the link.)
     fn unlinked_seeds(&self) -> Vec<String> {
-        let linked_urls: HashSet<&str> = self
+        let linked_urls: BTreeSet<&str> = self
             .links
             .keys()
             .filter_map(|n| self.members.get(n))
@@ -1214,7 +1260,7 @@ impl State {
         let jitter = self.random() % 1000;
         let backoff = self.backoff.entry(url.to_string()).or_insert(Backoff {
             failures: 0,
-            next: Instant::now(),
+            next: self.now,
         });
         backoff.failures = backoff.failures.saturating_add(1);
         if unreachable && backoff.failures >= UNREACHABLE_DIALS {
@@ -1226,7 +1272,7 @@ impl State {
                 if member.status == Status::Alive {
                     tracing::debug!(peer = %node, %url, "peer unreachable; suspected");
                     member.status = Status::Suspect;
-                    member.since = Instant::now();
+                    member.since = self.now;
                     member.probed = None;
                 }
             }
@@ -1236,7 +1282,7 @@ impl State {
         let base = Duration::from_millis(25u64.saturating_mul(1 << backoff.failures.min(8))).min(MAX_BACKOFF);
         // ±20 %
         let spread = base.as_millis() as u64 * (800 + jitter * 400 / 1000) / 1000;
-        backoff.next = Instant::now() + Duration::from_millis(spread);
+        backoff.next = self.now + Duration::from_millis(spread);
     }
 
     /// A dial of `url` reached an authenticated node (linked, or already linked).
@@ -1299,7 +1345,7 @@ impl State {
                         let inflight = self.inflight.get(node).map_or(0, |c| c.load(Ordering::Relaxed));
                         rtt.saturating_mul(u64::from(*hops))
                             .saturating_mul(1 + inflight as u64)
-                            .saturating_mul(self.scores.factor(node))
+                            .saturating_mul(self.scores.factor(node, self.now))
                     })
                 };
                 if score(&candidates[a]) <= score(&candidates[b]) {
@@ -1315,13 +1361,12 @@ impl State {
 
     fn route(&mut self, target: String, via: String) -> Option<Route> {
         let link = self.links.get(&via)?;
-        let (link_id, tx, stats) = (link.id, link.tx.clone(), link.stats.clone());
+        let (link_id, stats) = (link.id, link.stats.clone());
         let inflight = self.inflight.entry(target.clone()).or_default().clone();
         Some(Route {
             target,
             via,
             link: link_id,
-            tx,
             stats,
             inflight,
         })
@@ -1341,29 +1386,29 @@ impl State {
         } else if path.is_empty() {
             None
         } else {
-            let avoid: HashSet<&str> = path.iter().map(String::as_str).chain([self.me.as_str()]).collect();
+            let avoid: BTreeSet<&str> = path.iter().map(String::as_str).chain([self.me.as_str()]).collect();
             self.compute_routes(&avoid).remove(target)
         };
         let (via, _) = via?;
         self.route(target.to_string(), via)
     }
 
-    fn routes(&mut self) -> &HashMap<String, (String, u32)> {
+    fn routes(&mut self) -> &BTreeMap<String, (String, u32)> {
         if self.routes.is_none() {
-            let avoid = HashSet::from([self.me.as_str()]);
+            let avoid = BTreeSet::from([self.me.as_str()]);
             self.routes = Some(self.compute_routes(&avoid));
         }
-        self.routes.get_or_insert_with(HashMap::new)
+        self.routes.get_or_insert_with(BTreeMap::new)
     }
 
-    fn compute_routes(&self, avoid: &HashSet<&str>) -> HashMap<String, (String, u32)> {
+    fn compute_routes(&self, avoid: &BTreeSet<&str>) -> BTreeMap<String, (String, u32)> {
         let links: Vec<&str> = self
             .links
             .keys()
             .map(String::as_str)
             .filter(|n| !avoid.contains(n))
             .collect();
-        let neighbours: HashMap<&str, Vec<&str>> = self
+        let neighbours: BTreeMap<&str, Vec<&str>> = self
             .records
             .iter()
             .map(|(node, r)| {
@@ -1444,7 +1489,7 @@ impl State {
                     "bytes_out": link.map(|l| l.stats.bytes_out.load(Ordering::Relaxed)),
                     "bytes_in": link.map(|l| l.stats.bytes_in.load(Ordering::Relaxed)),
                     "commands": self.records.get(node).map_or(0, |r| r.body.entries.len()),
-                    "penalty": self.scores.penalty(node),
+                    "penalty": self.scores.penalty(node, self.now),
                     "neighbours": self.records.get(node).map(|r| &r.body.neighbours),
                 })
             })
@@ -1541,6 +1586,31 @@ pub(crate) mod tests {
         NodeRecord::signed(body, key).expect("signing a record")
     }
 
+    /// A fresh state of node `node`.
+    pub(crate) fn fresh(node: &str) -> State {
+        State::new(&config(node), Instant::now(), 1, 7)
+    }
+
+    /// Connection `n` (its id) to `node`, dialed by `node`, as the link to it.
+    pub(crate) fn link(state: &mut State, node: &str) -> u64 {
+        let id = 100 + state.links.len() as u64;
+        let key = NodeKey::generate().public();
+        state.add_link(id, node, &format!("ws://{node}"), key, node, 32);
+        id
+    }
+
+    /// The messages queued since the outputs were last taken, with the connection of each.
+    pub(crate) fn sent(state: &mut State) -> Vec<(u64, PeerMessage)> {
+        state
+            .take_outputs()
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Send { link, message } => Some((link, message)),
+                Output::Retire { .. } => None,
+            })
+            .collect()
+    }
+
     /// A death of node "x" (incarnation 1) after the last version its declarer heard.
     fn death_of_x(version: u64) -> Death {
         Death {
@@ -1557,7 +1627,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_death_is_not_believed_by_a_node_that_heard_from_it_since() {
-        let mut state = State::new(&config("a"));
+        let mut state = fresh("a");
         let x = NodeKey::generate();
         assert!(matches!(
             state.accept_record(&record(&x, "x", 1, 10), "b"),
@@ -1575,7 +1645,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_record_signed_after_a_death_revives_the_node_and_an_older_one_does_not() {
-        let mut state = State::new(&config("a"));
+        let mut state = fresh("a");
         let x = NodeKey::generate();
         state.accept_record(&record(&x, "x", 1, 10), "b");
         let death = death_of_x(10);
@@ -1594,7 +1664,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_peers_list_of_deaths_raises_suspicion_at_most() {
-        let mut state = State::new(&config("a"));
+        let mut state = fresh("a");
         let x = NodeKey::generate();
         state.accept_record(&record(&x, "x", 1, 10), "b");
         let death = death_of_x(9);
@@ -1618,7 +1688,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_claim_of_this_nodes_death_is_answered_with_its_newer_record_before_a_new_incarnation() {
-        let mut state = State::new(&config("a"));
+        let mut state = fresh("a");
         let (incarnation, version) = (state.incarnation, state.local_version);
         let death = |version: u64, left: bool| Death {
             node: "a".into(),
@@ -1645,12 +1715,9 @@ pub(crate) mod tests {
 
     #[test]
     fn a_death_claimed_of_a_linked_node_is_answered_with_its_newer_record() {
-        let mut state = State::new(&config("a"));
+        let mut state = fresh("a");
         let x = NodeKey::generate();
-        let (tx, _rx) = mpsc::channel(4);
-        state
-            .add_link("x", "ws://x", x.public(), "a", tx, 32)
-            .expect("not cut off");
+        state.add_link(1, "x", "ws://x", x.public(), "a", 32).expect("not cut off");
         state.accept_record(&record(&x, "x", 1, 10), "x");
         let death = death_of_x(9);
         // In a peer's list: the record is sent back, and the node is not asked to refute.
@@ -1661,12 +1728,12 @@ pub(crate) mod tests {
         assert!(matches!(state.rumour_dead(&death), Rumour::Answer(r) if r.body.version == 10));
         // A death after the last version held is the node's to refute.
         let current = Death { version: 10, ..death };
-        assert!(matches!(state.rumour_dead(&current), Rumour::Subject(_)));
+        assert!(matches!(state.rumour_dead(&current), Rumour::Subject));
     }
 
     #[test]
     fn records_of_members_held_dead_are_asked_for_unless_the_peer_pushes_them() {
-        let mut state = State::new(&config("a"));
+        let mut state = fresh("a");
         let x = NodeKey::generate();
         state.accept_record(&record(&x, "x", 1, 10), "b");
         let death = death_of_x(10);
@@ -1681,7 +1748,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_suspect_another_peer_still_hears_is_alive() {
-        let mut state = State::new(&config("a"));
+        let mut state = fresh("a");
         let x = NodeKey::generate();
         state.accept_record(&record(&x, "x", 1, 10), "b");
         state.compare(Vec::new(), vec![death_of_x(10)], false);
@@ -1692,7 +1759,7 @@ pub(crate) mod tests {
 
     #[test]
     fn an_unlinked_member_that_dials_cannot_reach_becomes_a_suspect() {
-        let mut state = State::new(&config("a"));
+        let mut state = fresh("a");
         let x = NodeKey::generate();
         state.accept_record(&record(&x, "x", 1, 10), "b");
         state.dial_failed("ws://x", false);
@@ -1715,12 +1782,22 @@ pub(crate) mod tests {
 
     #[test]
     fn a_duplicate_connection_retires_without_raising_suspicion() {
-        use futures_util::FutureExt;
-        let mut state = State::new(&config("a"));
+        let mut state = fresh("a");
         let b = NodeKey::generate().public();
-        let connect = |state: &mut State, dialer: &str| {
-            let (tx, _rx) = mpsc::channel(1);
-            state.add_link("b", "ws://b", b, dialer, tx, 32).expect("not cut off")
+        let mut next = 0;
+        let mut connect = |state: &mut State, dialer: &str| {
+            next += 1;
+            state.add_link(next, "b", "ws://b", b, dialer, 32).expect("not cut off")
+        };
+        let retired = |state: &mut State| -> Vec<u64> {
+            state
+                .take_outputs()
+                .into_iter()
+                .filter_map(|o| match o {
+                    Output::Retire { link } => Some(link),
+                    Output::Send { .. } => None,
+                })
+                .collect()
         };
         let first = connect(&mut state, "b");
         assert!(first.current);
@@ -1732,13 +1809,10 @@ pub(crate) mod tests {
         assert!(kept.current);
         assert_eq!(kept.stats.rtt_us.load(Ordering::Relaxed), 250);
         assert_eq!(kept.stats.path_rtt_us.load(Ordering::Relaxed), 200);
-        assert!(
-            first.retire.notified().now_or_never().is_some(),
-            "the first one is retired"
-        );
+        assert_eq!(retired(&mut state), [first.id], "the first one is retired");
         let late = connect(&mut state, "b");
         assert!(!late.current, "a later duplicate starts retired");
-        assert!(kept.retire.notified().now_or_never().is_none());
+        assert!(retired(&mut state).is_empty(), "the kept one is not retired");
         assert_eq!(state.links.get("b").map(|l| l.id), Some(kept.id));
         // The retired connections close: the node keeps its link and is not suspected.
         state.remove_link("b", first.id, false);

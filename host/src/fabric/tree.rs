@@ -16,11 +16,8 @@
 //! the tree: at a heal or a start every node has one, and flooding them all is what the tree
 //! saves.
 
-use std::collections::{HashMap, HashSet};
-use std::time::Duration;
-
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use super::state::State;
 use super::wire::{PeerMessage, RecordBody};
@@ -44,13 +41,13 @@ const ANNOUNCERS: usize = 3;
 #[derive(Default)]
 pub struct Tree {
     /// Links records are announced on, not pushed.
-    lazy: HashSet<String>,
+    lazy: BTreeSet<String>,
     /// Announcements to send at the next tick, per link.
-    haves: HashMap<String, Vec<(String, u64)>>,
+    haves: BTreeMap<String, Vec<(String, u64)>>,
     /// Versions announced and not received yet, per node.
-    missing: HashMap<String, Missing>,
+    missing: BTreeMap<String, Missing>,
     /// The last version of each node that was flooded.
-    flooded: HashMap<String, u64>,
+    flooded: BTreeMap<String, u64>,
 }
 
 struct Missing {
@@ -74,7 +71,7 @@ impl State {
     /// announcement at the next tick. Skipped: the sender, the owner, and the nodes the record
     /// lists as the owner's neighbours (the owner sent it to them when it signed it; a link made
     /// since pulls it).
-    pub fn relay_targets(&mut self, record: &RecordBody, from: &str, flood: bool) -> Vec<mpsc::Sender<PeerMessage>> {
+    pub fn relay_targets(&mut self, record: &RecordBody, from: &str, flood: bool) -> Vec<u64> {
         if self
             .tree
             .missing
@@ -100,7 +97,7 @@ impl State {
                     queue.push((record.node.clone(), record.version));
                 }
             } else {
-                eager.push(link.tx.clone());
+                eager.push(link.id);
             }
         }
         eager
@@ -110,13 +107,13 @@ impl State {
     /// tree. The link to tell (`Prune`); every time, since the peer may have put the link back
     /// on its tree since (a `Want` of this node's, or a `Prune` lost). Never for the owner's own
     /// push or a flooded version.
-    pub fn duplicate_from(&mut self, from: &str, owner: &str, version: u64) -> Option<mpsc::Sender<PeerMessage>> {
+    pub fn duplicate_from(&mut self, from: &str, owner: &str, version: u64) -> Option<u64> {
         if from == owner || self.tree.flooded.get(owner) == Some(&version) {
             return None;
         }
         let link = self.links.get(from)?;
         self.tree.lazy.insert(from.to_string());
-        Some(link.tx.clone())
+        Some(link.id)
     }
 
     /// The peer pruned its link to this node: records are only announced on it.
@@ -134,7 +131,7 @@ impl State {
     /// The peer announced record versions: those this node lacks are asked for unless the tree
     /// brings them within `GRAFT_WAIT`.
     pub fn announced(&mut self, peer: &str, haves: Vec<(String, u64)>) {
-        let due = Instant::now() + GRAFT_WAIT;
+        let due = self.now() + GRAFT_WAIT;
         for (node, version) in haves {
             if !self.lacks_record(&node, version) {
                 continue;
@@ -164,16 +161,13 @@ impl State {
 
     /// What the tree sends at a maintenance tick: the announcements queued, and a `Want` to
     /// each link that announced versions that did not come in time (which grafts it).
-    pub fn tree_messages(&mut self, now: Instant) -> Vec<(mpsc::Sender<PeerMessage>, PeerMessage)> {
-        let mut out = Vec::new();
-        for (node, mut records) in self.tree.haves.drain() {
-            let Some(link) = self.links.get(&node) else {
-                continue;
-            };
+    pub fn tree_messages(&mut self) {
+        let now = self.now();
+        for (node, mut records) in std::mem::take(&mut self.tree.haves) {
             // The newest version of each node.
             records.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
             records.dedup_by(|later, first| later.0 == first.0);
-            out.push((link.tx.clone(), PeerMessage::Have { records }));
+            self.send(&node, PeerMessage::Have { records });
         }
         let due: Vec<String> = self
             .tree
@@ -182,7 +176,7 @@ impl State {
             .filter(|(_, m)| m.due <= now)
             .map(|(node, _)| node.clone())
             .collect();
-        let mut wants: HashMap<String, Vec<String>> = HashMap::new();
+        let mut wants: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for node in due {
             let Some(missing) = self.tree.missing.remove(&node) else {
                 continue;
@@ -193,12 +187,11 @@ impl State {
             }
         }
         for (peer, nodes) in wants {
-            if let Some(link) = self.links.get(&peer) {
+            if self.links.contains_key(&peer) {
                 self.tree.lazy.remove(&peer);
-                out.push((link.tx.clone(), PeerMessage::Want { nodes }));
+                self.send(&peer, PeerMessage::Want { nodes });
             }
         }
-        out
     }
 }
 
@@ -206,7 +199,7 @@ impl State {
 mod tests {
     use super::*;
     use crate::fabric::identity::NodeKey;
-    use crate::fabric::state::tests::{config, record};
+    use crate::fabric::state::tests::{fresh, link, record, sent};
     use crate::fabric::state::Accepted;
     use crate::fabric::wire::{CatalogEntry, NodeRecord};
 
@@ -224,27 +217,11 @@ mod tests {
         }
     }
 
-    /// A link from `me` to `node`, and the receiving end of its queue.
-    fn link(state: &mut State, node: &str) -> mpsc::Receiver<PeerMessage> {
-        let (tx, rx) = mpsc::channel(16);
-        let key = NodeKey::generate().public();
-        state.add_link(node, &format!("ws://{node}"), key, node, tx, 32);
-        rx
-    }
-
-    fn drain(rx: &mut mpsc::Receiver<PeerMessage>) -> Vec<PeerMessage> {
-        let mut out = Vec::new();
-        while let Ok(message) = rx.try_recv() {
-            out.push(message);
-        }
-        out
-    }
-
     #[test]
     fn a_link_that_pushes_a_duplicate_is_pruned_and_only_announced_to() {
-        let mut state = State::new(&config("a"));
-        let mut b = link(&mut state, "b");
-        let mut c = link(&mut state, "c");
+        let mut state = fresh("a");
+        link(&mut state, "b");
+        let c = link(&mut state, "c");
         let x = NodeKey::generate();
         let first = record(&x, "x", 1, 10);
         assert!(matches!(state.accept_record(&first, "b"), Accepted::New { .. }));
@@ -252,7 +229,7 @@ mod tests {
         // c pushes the same version: a duplicate.
         assert!(matches!(state.accept_record(&first, "c"), Accepted::Stale));
         let prune = state.duplicate_from("c", "x", 10).expect("a duplicate prunes");
-        assert!(prune.same_channel(&state.links["c"].tx));
+        assert_eq!(prune, c);
         assert!(
             state.duplicate_from("x", "x", 10).is_none(),
             "the owner's own push never prunes"
@@ -264,12 +241,12 @@ mod tests {
             state.relay_targets(&second.body, "b", false).is_empty(),
             "c is lazy now"
         );
-        let messages = state.tree_messages(Instant::now());
+        state.take_outputs();
+        state.tree_messages();
+        let messages = sent(&mut state);
         assert_eq!(messages.len(), 1);
-        assert!(messages[0].0.same_channel(&state.links["c"].tx));
+        assert_eq!(messages[0].0, c);
         assert!(matches!(&messages[0].1, PeerMessage::Have { records } if records == &[("x".to_string(), 11)]));
-        drain(&mut b);
-        drain(&mut c);
 
         // A version that changes what x serves is flooded, lazy links included; its duplicates
         // prune nothing.
@@ -299,23 +276,28 @@ mod tests {
 
     #[test]
     fn a_version_announced_and_not_pushed_in_time_is_asked_for() {
-        let mut state = State::new(&config("a"));
-        let _b = link(&mut state, "b");
-        let _c = link(&mut state, "c");
+        let mut state = fresh("a");
+        link(&mut state, "b");
+        let c = link(&mut state, "c");
         let x = NodeKey::generate();
         let y = NodeKey::generate();
         state.pruned_by("c");
         state.announced("c", vec![("x".into(), 10), ("y".into(), 5), ("a".into(), 99)]);
-        assert!(state.tree_messages(Instant::now()).is_empty(), "not before the wait");
+        state.take_outputs();
+        state.tree_messages();
+        assert!(sent(&mut state).is_empty(), "not before the wait");
         // x comes by the tree in time; y does not.
         let pushed = record(&x, "x", 1, 10);
         assert!(matches!(state.accept_record(&pushed, "b"), Accepted::New { .. }));
         state.relay_targets(&pushed.body, "b", false);
-        let later = Instant::now() + GRAFT_WAIT;
-        let messages = state.tree_messages(later);
+        let later = state.now() + GRAFT_WAIT;
+        state.set_now(later);
+        state.take_outputs();
+        state.tree_messages();
+        let messages = sent(&mut state);
         let wants: Vec<&PeerMessage> = messages
             .iter()
-            .filter(|(tx, _)| tx.same_channel(&state.links["c"].tx))
+            .filter(|(link, _)| *link == c)
             .map(|(_, m)| m)
             .filter(|m| matches!(m, PeerMessage::Want { .. }))
             .collect();
@@ -323,7 +305,8 @@ mod tests {
             matches!(wants.as_slice(), [PeerMessage::Want { nodes }] if nodes == &["y".to_string()]),
             "{wants:?}"
         );
-        assert!(state.tree_messages(later).is_empty(), "asked once");
+        state.tree_messages();
+        assert!(sent(&mut state).is_empty(), "asked once");
         // Asking grafted the link: c gets the next record pushed.
         let next = record(&y, "y", 1, 6);
         assert!(matches!(state.accept_record(&next, "b"), Accepted::New { .. }));
@@ -332,19 +315,23 @@ mod tests {
 
     #[test]
     fn a_version_whose_first_announcer_went_away_is_asked_of_the_next() {
-        let mut state = State::new(&config("a"));
-        let _b = link(&mut state, "b");
-        let _c = link(&mut state, "c");
+        let mut state = fresh("a");
+        link(&mut state, "b");
+        let c = link(&mut state, "c");
         state.pruned_by("b");
         state.pruned_by("c");
         state.announced("b", vec![("x".into(), 10)]);
         state.announced("c", vec![("x".into(), 10)]);
         let id = state.links["b"].id;
         state.remove_link("b", id, false);
-        let messages = state.tree_messages(Instant::now() + GRAFT_WAIT);
+        let later = state.now() + GRAFT_WAIT;
+        state.set_now(later);
+        state.take_outputs();
+        state.tree_messages();
+        let messages = sent(&mut state);
         assert!(
-            matches!(messages.as_slice(), [(tx, PeerMessage::Want { nodes })]
-                if tx.same_channel(&state.links["c"].tx) && nodes == &["x".to_string()]),
+            matches!(messages.as_slice(), [(link, PeerMessage::Want { nodes })]
+                if *link == c && nodes == &["x".to_string()]),
             "asked of c"
         );
     }
