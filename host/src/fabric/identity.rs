@@ -40,6 +40,13 @@ impl NodeKey {
         }
     }
 
+    /// The key of a 32-byte seed (the simulator derives its nodes' keys from its own seed).
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        NodeKey {
+            signing: SigningKey::from_bytes(&seed),
+        }
+    }
+
     /// The key kept in `dir`, created on first use.
     pub fn load_or_create(dir: &Path) -> Result<Self, KeyError> {
         Self::load_or_create_file(&dir.join(KEY_FILE))

@@ -23,9 +23,6 @@ use super::{auth, identity};
 /// The whole handshake must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How a refusal for lack of room starts (a partial view is full: not worth a warning).
-const AT_CAPACITY: &str = "at capacity";
-
 /// Frames queued for one peer before senders wait.
 const LINK_QUEUE: usize = 4096;
 
@@ -76,13 +73,8 @@ pub async fn dial(fabric: Arc<Fabric>, url: String) {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, dialer_handshake(&fabric, &mut ws)).await {
         Ok(Ok(peer)) => run(fabric, ws, peer, Some(url)).await,
         Ok(Err(reason)) => {
-            if reason.contains(AT_CAPACITY) {
-                tracing::debug!(%url, "peer link refused: {reason}");
-            } else {
-                tracing::warn!(%url, "peer link refused: {reason}");
-            }
-            let unreachable = !reason.contains(AT_CAPACITY);
-            fabric.with_state(|s| s.dial_failed(&url, unreachable));
+            tracing::warn!(%url, "peer link refused: {reason}");
+            fabric.with_state(|s| s.dial_failed(&url, true));
         }
         Err(_) => {
             tracing::debug!(%url, "peer handshake timed out");
@@ -98,7 +90,6 @@ where
 {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, listener_handshake(&fabric, &mut ws)).await {
         Ok(Ok(peer)) => run(fabric, ws, peer, None).await,
-        Ok(Err(reason)) if reason.contains(AT_CAPACITY) => tracing::debug!("peer refused: {reason}"),
         Ok(Err(reason)) => tracing::warn!("peer refused: {reason}"),
         Err(_) => tracing::debug!("peer handshake timed out"),
     }
@@ -264,13 +255,8 @@ where
     if fabric.with_state(|s| s.blocked.contains(&node)) {
         return Err(refuse(ws, format!("node `{node}` is cut off (fault injection)")).await);
     }
-    if !gateway && !fabric.with_state(|s| s.accepts_link(&node, config.max_mesh)) {
-        return Err(refuse(
-            ws,
-            format!("{AT_CAPACITY}: `{}` has all the links it keeps", config.node_id),
-        )
-        .await);
-    }
+    // A node with all the links it keeps does not refuse: the connection is admitted retired,
+    // after both sides exchanged what a joiner needs to find nodes with room (`State::add_link`).
     let my_key = config.key.public();
     let my_nonce = auth::nonce();
     let them = auth::Party { node: &node, key: &key };

@@ -28,6 +28,7 @@ pub mod modules;
 mod route;
 mod state;
 mod tree;
+pub mod sim;
 pub mod wire;
 
 use std::collections::HashMap;
