@@ -162,7 +162,7 @@ impl RawPeer {
     }
 }
 
-fn record(node: &str, key: [u8; 32], command: &str, signer: &NodeKey) -> NodeRecord {
+fn record(node: &str, key: [u8; 32], command: &str, signer: &NodeKey) -> std::sync::Arc<NodeRecord> {
     let body = RecordBody {
         node: node.into(),
         key,
@@ -183,7 +183,7 @@ fn record(node: &str, key: [u8; 32], command: &str, signer: &NodeKey) -> NodeRec
         neighbours: vec![],
         routes: Vec::new(),
     };
-    NodeRecord::signed(body, signer).unwrap()
+    std::sync::Arc::new(NodeRecord::signed(body, signer).unwrap())
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ mod config;
 mod node;
 mod plugin;
 mod progress;
+mod sim;
 mod topology;
 
 use std::process::ExitCode;
@@ -69,6 +70,9 @@ enum Command {
     /// Build local fabrics in the federation guide's shapes and measure them.
     #[command(subcommand)]
     Topology(topology::TopologyCommand),
+    /// Run the fabric's state machine under the deterministic simulator: replay a scenario by
+    /// its seed (`--trace`), or a sweep (`--scenarios N`).
+    Sim(sim::SimArgs),
 }
 
 #[derive(Subcommand)]
@@ -94,7 +98,11 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_tracing(cli.log_format, otlp);
+    // Simulated nodes log as real ones do, thousands of lines a run: `weft sim` prints its own
+    // trace, and their logs only with RUST_LOG set.
+    if !matches!(cli.command, Command::Sim(_)) || std::env::var_os("RUST_LOG").is_some() {
+        init_tracing(cli.log_format, otlp);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -116,6 +124,7 @@ pub fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::RawEcho(args) => bench::raw_echo(args).await,
             Command::Topology(command) => topology::run(command).await,
+            Command::Sim(args) => sim::run(args),
         }
     });
     match result {

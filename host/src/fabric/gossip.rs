@@ -1,6 +1,8 @@
 //! Gossip on a link: records checked and relayed, anti-entropy, departures, deaths and the
 //! probes that confirm them. Part of the state machine: a message in, messages queued out.
 
+use std::sync::Arc;
+
 use super::state::{Accepted, Rebuttal, Rumour, State};
 use super::wire::{Death, NodeRecord, PeerMessage};
 
@@ -89,7 +91,7 @@ impl State {
     }
 
     /// Takes a record (relayed or from its node) and relays it when it is news.
-    fn on_record(&mut self, peer: &str, record: NodeRecord) {
+    fn on_record(&mut self, peer: &str, record: Arc<NodeRecord>) {
         match self.accept_record(&record, peer) {
             Accepted::New { served_changed } => {
                 let targets = self.relay_targets(&record.body, peer, served_changed);

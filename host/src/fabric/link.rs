@@ -248,7 +248,6 @@ where
         return Err(refuse(ws, reason).await);
     }
     let secret = config.secret_for(&cluster);
-    let gateway = cluster != config.cluster;
     if node == config.node_id {
         return Err(refuse(ws, format!("node `{node}` dialed itself (or two nodes share an id)")).await);
     }

@@ -97,6 +97,8 @@ pub struct Member {
     pub since: Instant,
     /// When the other peers were asked whether they still hear this suspect.
     pub probed: Option<Instant>,
+    /// Its position on the ring of the partial view.
+    ring: u64,
 }
 
 /// What the state machine asks its driver to do. The machine owns no connection: it names
@@ -190,7 +192,7 @@ pub enum Rumour {
     Subject,
     /// This node is linked to the subject and holds a record of it signed after the death: the
     /// answer to send to the claimant.
-    Answer(NodeRecord),
+    Answer(Arc<NodeRecord>),
     Ignored,
 }
 
@@ -200,11 +202,11 @@ pub struct Comparison {
     /// Records the peer holds newer.
     pub want: Vec<String>,
     /// This node's record, when the peer lacks it or holds it older.
-    pub own: Option<NodeRecord>,
+    pub own: Option<Arc<NodeRecord>>,
     /// Records of nodes the peer holds dead, signed after the last one it heard of before the
     /// death: news that they live (the other side of a healed partition), which the peer
     /// would not ask for.
-    pub revive: Vec<NodeRecord>,
+    pub revive: Vec<Arc<NodeRecord>>,
     /// The peer holds this node dead: refute it.
     pub refute: Option<u64>,
     /// Deaths the peer holds, to pass to their subjects (linked to this node) to refute.
@@ -217,7 +219,7 @@ pub enum Rebuttal {
     Old,
     /// Its current record was signed after the last version the claimant heard of: sent to the
     /// claimant, it brings the node back wherever it spreads, with no new signature.
-    Record(NodeRecord),
+    Record(Arc<NodeRecord>),
     /// Only a new incarnation, announced to every member, answers it.
     Refute,
 }
@@ -269,7 +271,7 @@ pub struct State {
     pub(super) gateway_seeds: BTreeSet<String>,
     /// Delay added to frames sent to these nodes, µs (fault injection).
     pub(super) delays: BTreeMap<String, u64>,
-    own: Option<NodeRecord>,
+    own: Option<Arc<NodeRecord>>,
     announced: bool,
     /// Since when links have changed without being announced (this node's record re-signed).
     links_changed: Option<Instant>,
@@ -288,7 +290,7 @@ pub struct State {
     /// Which links records are pushed on (the others announce them).
     pub(super) tree: super::tree::Tree,
     members: BTreeMap<String, Member>,
-    pub(super) records: BTreeMap<String, NodeRecord>,
+    pub(super) records: BTreeMap<String, Arc<NodeRecord>>,
     /// Each node's public key: proven in a handshake, or taken from its first record.
     keys: BTreeMap<String, [u8; 32]>,
     /// Calls in flight to each node (through any link).
@@ -304,6 +306,8 @@ pub struct State {
     rng: u64,
     /// Checks the signatures of records, and counts the checks.
     pub(super) verifier: Verifier,
+    /// `summary()`, until the records held change.
+    summary: Option<u64>,
 }
 
 /// Checks record signatures and counts every check. A simulator of honest nodes may give its
@@ -395,6 +399,7 @@ impl State {
             // xorshift needs a non-zero state.
             rng: seed | 1,
             verifier: Verifier::default(),
+            summary: None,
         }
     }
 
@@ -492,6 +497,7 @@ impl State {
     /// Signs this node's record anew (a higher version) and returns it.
     pub fn republish(&mut self) -> PeerMessage {
         self.local_version += 1;
+        self.summary = None;
         self.own = None;
         self.links_changed = None;
         self.links_announced = self.now;
@@ -520,7 +526,7 @@ impl State {
                 routes: self.local_routes.clone(),
             };
             match NodeRecord::signed(body, &self.key) {
-                Ok(record) => self.own = Some(record),
+                Ok(record) => self.own = Some(Arc::new(record)),
                 Err(e) => tracing::warn!(error = %e, "cannot sign this node's record"),
             }
         }
@@ -572,6 +578,12 @@ impl State {
             }
             None => self.accepts_link(node, max_mesh),
         };
+        // A seed reached is joined, whether or not either side keeps the link: the records
+        // exchanged as it opens tell this node of the fabric. (Redialed until a link stuck, a
+        // seed with no room was dialed every second for ever.)
+        if self.seeds.iter().any(|s| s == url) {
+            self.seeds_joined.insert(url.to_string());
+        }
         let admitted = self.admit(id, node, current);
         admitted.stats.rtt_us.store(measured.0, Ordering::Relaxed);
         admitted.stats.path_rtt_us.store(measured.1, Ordering::Relaxed);
@@ -589,9 +601,6 @@ impl State {
         self.links.insert(node.to_string(), admitted.handle(dialer));
         self.tree.linked(node);
         self.backoff.remove(url);
-        if self.seeds.iter().any(|s| s == url) {
-            self.seeds_joined.insert(url.to_string());
-        }
         // The key the node proved is its key: a record held under another one is dropped.
         if self.keys.insert(node.to_string(), key).is_some_and(|old| old != key) {
             self.records.remove(node);
@@ -604,6 +613,7 @@ impl State {
             status: Status::Alive,
             since: self.now,
             probed: None,
+            ring: ring_position(node),
         });
         member.url = url.to_string();
         member.status = Status::Alive;
@@ -712,6 +722,7 @@ impl State {
 
     fn records_changed(&mut self) {
         self.routes = None;
+        self.summary = None;
         self.federation_changed();
         self.records_dirty = true;
     }
@@ -781,7 +792,7 @@ impl State {
 
     /// Takes `record` (from the link of `from`) when it is newer than the one held and signed
     /// by its node's key.
-    pub fn accept_record(&mut self, record: &NodeRecord, from: &str) -> Accepted {
+    pub fn accept_record(&mut self, record: &Arc<NodeRecord>, from: &str) -> Accepted {
         let body = &record.body;
         if body.node == self.me {
             return Accepted::Stale;
@@ -821,6 +832,7 @@ impl State {
             status: Status::Alive,
             since: self.now,
             probed: None,
+            ring: ring_position(&body.node),
         });
         member.url = body.url.clone();
         // Revived by its own record. The record may be older than a new failure (relayed across
@@ -886,14 +898,30 @@ impl State {
     }
 
     /// A hash of the record versions held (FNV-1a): equal on two nodes that hold the same.
-    pub fn summary(&self) -> u64 {
+    pub fn summary(&mut self) -> u64 {
+        if let Some(summary) = self.summary {
+            return summary;
+        }
         let mut hash = 0xcbf2_9ce4_8422_2325u64;
-        for (node, version) in self.alive_versions() {
+        let mut feed = |node: &str, version: u64| {
             for byte in node.bytes().chain([0]).chain(version.to_le_bytes()) {
                 hash ^= u64::from(byte);
                 hash = hash.wrapping_mul(0x0100_0000_01b3);
             }
+        };
+        // The records in order of node, this node's own in its place (as `alive_versions`).
+        let mut mine = Some((self.me.as_str(), self.local_version));
+        for (node, record) in &self.records {
+            if let Some((me, version)) = mine.filter(|(me, _)| *me < node.as_str()) {
+                feed(me, version);
+                mine = None;
+            }
+            feed(node, record.body.version);
         }
+        if let Some((me, version)) = mine {
+            feed(me, version);
+        }
+        self.summary = Some(hash);
         hash
     }
 
@@ -1266,23 +1294,33 @@ impl State {
 
     /// This node's two neighbours on the ring of live members.
     fn ring_neighbours(&self) -> Vec<String> {
-        let mut ring: Vec<(u64, &str)> = self
-            .members
-            .iter()
-            .filter(|(node, m)| Self::is_live(m.status) && !self.blocked.contains(*node))
-            .map(|(node, _)| (ring_position(node), node.as_str()))
-            .collect();
-        let mine = ring_position(&self.me);
-        ring.push((mine, self.me.as_str()));
-        ring.sort();
-        let Some(at) = ring.iter().position(|(p, n)| *p == mine && *n == self.me) else {
-            return Vec::new();
-        };
-        let len = ring.len();
-        [ring[(at + 1) % len].1, ring[(at + len - 1) % len].1]
+        // One pass, no sort: the next position after this node's and the one before it,
+        // wrapping around the ring.
+        let mine = (ring_position(&self.me), self.me.as_str());
+        let (mut next, mut prev) = (None, None);
+        let (mut lowest, mut highest) = (None, None);
+        for (node, m) in &self.members {
+            if !Self::is_live(m.status) || self.blocked.contains(node) {
+                continue;
+            }
+            let at = (m.ring, node.as_str());
+            if at > mine && next.is_none_or(|n| at < n) {
+                next = Some(at);
+            }
+            if at < mine && prev.is_none_or(|p| at > p) {
+                prev = Some(at);
+            }
+            if lowest.is_none_or(|l| at < l) {
+                lowest = Some(at);
+            }
+            if highest.is_none_or(|h| at > h) {
+                highest = Some(at);
+            }
+        }
+        [next.or(lowest), prev.or(highest)]
             .into_iter()
-            .filter(|n| *n != self.me)
-            .map(str::to_string)
+            .flatten()
+            .map(|(_, node)| node.to_string())
             .collect()
     }
 
@@ -1333,33 +1371,29 @@ impl State {
                 }
             }
         }
-        let mut others: Vec<(&String, &Member)> = self
-            .members
-            .iter()
-            .filter(|(node, _)| !self.links.contains_key(*node) && !self.blocked.contains(*node))
-            .collect();
-        others.sort_by(|a, b| a.0.cmp(b.0));
-        for (_, m) in others.iter().filter(|(_, m)| m.status == Status::Suspect) {
-            wanted.push(m.url.clone());
-        }
-        let alive: Vec<String> = others
-            .iter()
-            .filter(|(_, m)| m.status == Status::Alive)
-            .map(|(_, m)| m.url.clone())
-            .collect();
-        let dead: Vec<String> = others
-            .iter()
-            .filter(|(_, m)| m.status == Status::Dead)
-            .map(|(_, m)| m.url.clone())
-            .collect();
+        // The members not linked, in the order of their ids (the map's order).
+        let (members, links, blocked) = (&self.members, &self.links, &self.blocked);
+        let others = |status: Status| {
+            members
+                .iter()
+                .filter(move |(node, m)| m.status == status && !links.contains_key(*node) && !blocked.contains(*node))
+                .map(|(_, m)| m)
+        };
+        wanted.extend(others(Status::Suspect).map(|m| m.url.clone()));
         let missing = view.saturating_sub(self.links.len() + self.dialing.len() + wanted.len());
+        let alive: Vec<&str> = if missing > 0 {
+            others(Status::Alive).map(|m| m.url.as_str()).collect()
+        } else {
+            Vec::new()
+        };
         for _ in 0..missing.min(alive.len()) {
-            let pick = (self.random() % alive.len() as u64) as usize;
-            wanted.push(alive[pick].clone());
+            let pick = (next_random(&mut self.rng) % alive.len() as u64) as usize;
+            wanted.push(alive[pick].to_string());
         }
-        if !dead.is_empty() {
-            let pick = (self.random() % dead.len() as u64) as usize;
-            self.heal_dial = Some(dead[pick].clone());
+        let dead = others(Status::Dead).count();
+        if dead > 0 {
+            let pick = (next_random(&mut self.rng) % dead as u64) as usize;
+            self.heal_dial = others(Status::Dead).nth(pick).map(|m| m.url.clone());
         }
         wanted
     }
@@ -1565,11 +1599,7 @@ impl State {
     }
 
     fn random(&mut self) -> u64 {
-        // xorshift64*
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        next_random(&mut self.rng)
     }
 
     /// What `weft.peers` shows: the members (all, or those in `states`) and how many are in
@@ -1636,6 +1666,14 @@ impl State {
     }
 }
 
+/// The next number of a xorshift64* generator.
+fn next_random(rng: &mut u64) -> u64 {
+    *rng ^= *rng >> 12;
+    *rng ^= *rng << 25;
+    *rng ^= *rng >> 27;
+    rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
 /// Where a node sits on the ring of the partial view (FNV-1a of its id).
 fn ring_position(node: &str) -> u64 {
     node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
@@ -1684,7 +1722,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn record(key: &NodeKey, node: &str, incarnation: u64, version: u64) -> NodeRecord {
+    pub(crate) fn record(key: &NodeKey, node: &str, incarnation: u64, version: u64) -> Arc<NodeRecord> {
         let body = RecordBody {
             node: node.into(),
             key: key.public(),
@@ -1695,7 +1733,7 @@ pub(crate) mod tests {
             neighbours: Vec::new(),
             routes: Vec::new(),
         };
-        NodeRecord::signed(body, key).expect("signing a record")
+        Arc::new(NodeRecord::signed(body, key).expect("signing a record"))
     }
 
     /// A fresh state of node `node`.

@@ -250,9 +250,9 @@ mod tests {
 
         // A version that changes what x serves is flooded, lazy links included; its duplicates
         // prune nothing.
-        let mut serving = record(&x, "x", 1, 12);
-        serving.body.entries.push(entry("x.new"));
-        let serving = NodeRecord::signed(serving.body, &x).unwrap();
+        let mut body = record(&x, "x", 1, 12).body.clone();
+        body.entries.push(entry("x.new"));
+        let serving = std::sync::Arc::new(NodeRecord::signed(body, &x).unwrap());
         assert!(matches!(
             state.accept_record(&serving, "b"),
             Accepted::New { served_changed: true }

@@ -57,7 +57,8 @@ pub enum PeerMessage {
     },
 
     /// A node's signed record (sent when it changes, and relayed).
-    Record(NodeRecord),
+    /// Shared: a record relayed on many links is not copied for each.
+    Record(std::sync::Arc<NodeRecord>),
     /// Anti-entropy: a hash of the record versions the sender holds.
     Digest {
         summary: u64,
@@ -336,7 +337,7 @@ mod tests {
         let key = NodeKey::generate();
         let record = NodeRecord::signed(body("a", &key), &key).unwrap();
         assert!(record.verify());
-        let decoded = match decode(&encode(&PeerMessage::Record(record.clone())).unwrap()).unwrap() {
+        let decoded = match decode(&encode(&PeerMessage::Record(std::sync::Arc::new(record.clone()))).unwrap()).unwrap() {
             PeerMessage::Record(r) => r,
             other => panic!("{other:?}"),
         };

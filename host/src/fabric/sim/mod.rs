@@ -159,6 +159,8 @@ pub struct Node {
     entries: Vec<CatalogEntry>,
     /// Ever stopped, crashed or cut off from others (its deaths are not false).
     pub impaired: bool,
+    /// Its side of its connections.
+    conns: BTreeSet<u64>,
 }
 
 /// How the simulated network behaves.
@@ -201,14 +203,14 @@ pub struct World {
     /// The partition's group of each node (all 0 when whole), and whether it is one-way.
     groups: Vec<u32>,
     one_way: bool,
-    /// Every partition so far (nodes in different groups of one were cut off from each other).
-    partitions: Vec<Vec<u32>>,
     /// Frames held by a cut (per receiving connection), delivered in order at the heal.
     stalled: Vec<(u64, PeerMessage)>,
     timing: Timing,
     trace: Option<Vec<String>>,
     /// Events handled.
     pub steps: u64,
+    /// Whether the bytes of frames are counted (each frame is encoded to count them).
+    pub count_bytes: bool,
     verified: Arc<Mutex<BTreeSet<Vec<u8>>>>,
 }
 
@@ -258,6 +260,7 @@ impl World {
                     bytes_out: 0,
                     entries: Vec::new(),
                     impaired: false,
+                    conns: BTreeSet::new(),
                 }
             })
             .collect();
@@ -278,11 +281,11 @@ impl World {
             delays: BTreeMap::new(),
             groups: vec![0; n],
             one_way: false,
-            partitions: Vec::new(),
             stalled: Vec::new(),
             timing,
             trace: None,
             steps: 0,
+            count_bytes: false,
             verified: Arc::new(Mutex::new(BTreeSet::new())),
         };
         for (i, list) in seeds.iter().enumerate().take(n) {
@@ -509,14 +512,9 @@ impl World {
     /// is heard while it runs and the network carries its frames (its pings).
     fn check_links(&mut self, i: usize) {
         let mut silent = Vec::new();
-        let ids: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.owner == i && c.open)
-            .map(|(id, _)| *id)
-            .collect();
+        let ids: Vec<u64> = self.nodes[i].conns.iter().copied().collect();
         for id in ids {
-            let Some(conn) = self.conns.get(&id) else { continue };
+            let Some(conn) = self.conns.get(&id).filter(|c| c.open) else { continue };
             let peer = conn.peer;
             if self.runs(peer) && self.carries(peer, i) {
                 if let Some(conn) = self.conns.get_mut(&id) {
@@ -659,7 +657,7 @@ impl World {
     fn proof(&mut self, to: usize, from: usize, conn: u64, dialer_conn: u64) {
         if !self.conns.get(&dialer_conn).is_some_and(|c| c.open) {
             // The dialer gave the connection up before it got here.
-            self.conns.remove(&conn);
+            self.drop_conn(conn);
             return;
         }
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -686,9 +684,17 @@ impl World {
         // Frames the dialer sent before this arrive now, in order.
     }
 
+    /// Forgets connection `id`.
+    fn drop_conn(&mut self, id: u64) -> Option<Conn> {
+        let conn = self.conns.remove(&id)?;
+        self.nodes[conn.owner].conns.remove(&id);
+        Some(conn)
+    }
+
     fn open_conn(&mut self, owner: usize, peer: usize) -> u64 {
         let id = self.next_conn;
         self.next_conn += 1;
+        self.nodes[owner].conns.insert(id);
         self.conns.insert(
             id,
             Conn {
@@ -715,9 +721,14 @@ impl World {
         if gossip && self.rng.chance(self.network.loss) {
             return;
         }
+        let bytes = if self.count_bytes {
+            super::wire::encode(&message).map_or(0, |f| f.len() as u64)
+        } else {
+            0
+        };
         let node = &mut self.nodes[from];
         node.frames_out += 1;
-        node.bytes_out += super::wire::encode(&message).map_or(0, |f| f.len() as u64);
+        node.bytes_out += bytes;
         let d = self.delay(from, to);
         let arrival = (self.now + d).max(last);
         if let Some(conn) = self.conns.get_mut(&link) {
@@ -783,12 +794,12 @@ impl World {
     fn close(&mut self, link: u64, tell: bool) {
         let Some(conn) = self.conns.get_mut(&link) else { return };
         if !conn.open {
-            self.conns.remove(&link);
+            self.drop_conn(link);
             return;
         }
         conn.open = false;
         let (owner, peer, other) = (conn.owner, conn.peer, conn.other);
-        self.conns.remove(&link);
+        self.drop_conn(link);
         let peer_id = self.nodes[peer].id.clone();
         self.input(owner, |s| s.remove_link(&peer_id, link, false));
         if tell && other != 0 && self.carries(owner, peer) {
@@ -854,9 +865,13 @@ impl World {
         match fault {
             Fault::Partition { groups, one_way } => {
                 if groups.len() == self.nodes.len() {
-                    self.partitions.push(groups.clone());
                     self.groups = groups;
                     self.one_way = one_way;
+                }
+                // A death declared across the cut is news that spreads through both sides at
+                // the heal (and is refuted): with a partition, the property is reconvergence.
+                for n in &mut self.nodes {
+                    n.impaired = true;
                 }
             }
             Fault::Heal => {
@@ -882,8 +897,11 @@ impl World {
                 let held = std::mem::take(&mut n.held);
                 // Its own links do not count its stop as the peers' silence.
                 let now = self.now;
-                for conn in self.conns.values_mut().filter(|c| c.owner == i) {
-                    conn.heard = now;
+                let mine: Vec<u64> = n.conns.iter().copied().collect();
+                for id in mine {
+                    if let Some(conn) = self.conns.get_mut(&id) {
+                        conn.heard = now;
+                    }
                 }
                 for event in held {
                     self.at(now, event);
@@ -897,14 +915,9 @@ impl World {
                 self.nodes[i].paused = false;
                 self.nodes[i].held.clear();
                 self.nodes[i].impaired = true;
-                let mine: Vec<u64> = self
-                    .conns
-                    .iter()
-                    .filter(|(_, c)| c.owner == i)
-                    .map(|(id, _)| *id)
-                    .collect();
+                let mine: Vec<u64> = self.nodes[i].conns.iter().copied().collect();
                 for id in mine {
-                    let Some(conn) = self.conns.remove(&id) else { continue };
+                    let Some(conn) = self.drop_conn(id) else { continue };
                     if conn.open && conn.other != 0 && self.carries(i, conn.peer) {
                         let d = self.delay(i, conn.peer);
                         self.at(self.now + d, Event::Closed { conn: conn.other });
@@ -1006,7 +1019,7 @@ impl World {
         for i in self.live() {
             let Some(state) = &self.nodes[i].state else { continue };
             for j in self.live() {
-                if i == j || self.nodes[j].impaired || self.partitions.iter().any(|g| g[i] != g[j]) {
+                if i == j || self.nodes[j].impaired {
                     continue;
                 }
                 if matches!(state.status_of(&self.nodes[j].id), Some(Status::Dead | Status::Left)) {
