@@ -1,4 +1,5 @@
-//! Chaos: a 10-node fabric under steady load while a nemesis kills nodes (-9), stops and
+//! Chaos: a 10-node fabric (a full mesh) and a 40-node one (`--max-mesh 16`, a partial view)
+//! under steady load while a nemesis kills nodes (-9), stops and
 //! continues them, cuts the fabric in two and heals it, and restarts nodes gracefully. A checker
 //! holds every call to one rule: the right answer, or a clear error, within its deadline (no
 //! hang, no wrong answer). When the faults stop, the catalogs must converge, no node may have
@@ -23,7 +24,12 @@ use tokio::time::Instant;
 use weft::net::{Client, ClientError};
 use weft::node::NodeProcess;
 
-const NODES: usize = 10;
+/// The fabric's size and, for a partial view, its `--max-mesh`.
+#[derive(Clone, Copy)]
+struct Shape {
+    nodes: usize,
+    max_mesh: Option<usize>,
+}
 /// The nodes' call deadline.
 const DEADLINE: Duration = Duration::from_secs(3);
 /// The longest a node is kept stopped.
@@ -62,8 +68,8 @@ fn free_ports(n: usize) -> Vec<u16> {
     listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
-async fn spawn(member: &Member, seed: u16, cache: &Path) -> NodeProcess {
-    let args = vec![
+async fn spawn(member: &Member, seed: u16, cache: &Path, shape: Shape) -> NodeProcess {
+    let mut args = vec![
         "node".to_string(),
         format!("--listen=127.0.0.1:{}", member.port),
         format!("--plugins={}", member.home.join("plugins").display()),
@@ -75,6 +81,7 @@ async fn spawn(member: &Member, seed: u16, cache: &Path) -> NodeProcess {
         format!("--call-deadline-ms={}", DEADLINE.as_millis()),
         format!("--seed=ws://127.0.0.1:{seed}"),
     ];
+    args.extend(shape.max_mesh.map(|m| format!("--max-mesh={m}")));
     let log = std::fs::File::create(member.home.join("node.log")).unwrap();
     NodeProcess::spawn_with(
         Path::new(env!("CARGO_BIN_EXE_weft")),
@@ -168,7 +175,8 @@ async fn worker(id: u64, urls: Arc<Mutex<Vec<Option<String>>>>, tally: Arc<Mutex
 
 /// Every live node sees all others alive, and both commands served by all five of their
 /// nodes.
-async fn converged(members: &[Member]) -> bool {
+async fn converged(members: &[Member], shape: Shape) -> bool {
+    let nodes = shape.nodes;
     for member in members {
         let Some(process) = &member.process else { return false };
         let Ok(client) = Client::connect(process.url()).await else {
@@ -180,7 +188,7 @@ async fn converged(members: &[Member]) -> bool {
         let alive = peers["peers"]
             .as_array()
             .map_or(0, |p| p.iter().filter(|p| p["state"] == "alive").count());
-        if alive != NODES - 1 {
+        if alive != nodes - 1 {
             return false;
         }
         let Ok(catalog) = client.call("weft.catalog", vec![], no_kwargs(), &[]).await else {
@@ -191,7 +199,7 @@ async fn converged(members: &[Member]) -> bool {
                 .as_array()
                 .map_or(0, |rows| rows.iter().filter(|r| r["command"] == command).count())
         };
-        if servers("math.add") != NODES / 2 || servers("text.upper") != NODES / 2 {
+        if servers("math.add") != nodes / 2 || servers("text.upper") != nodes / 2 {
             return false;
         }
     }
@@ -200,6 +208,25 @@ async fn converged(members: &[Member]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_stay_correct_through_kills_stops_partitions_and_restarts() {
+    chaos(Shape {
+        nodes: 10,
+        max_mesh: None,
+    })
+    .await;
+}
+
+/// The same nemesis on a fabric larger than its full mesh: each node keeps a partial view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_view_stays_correct_through_kills_stops_partitions_and_restarts() {
+    chaos(Shape {
+        nodes: 40,
+        max_mesh: Some(16),
+    })
+    .await;
+}
+
+async fn chaos(shape: Shape) {
+    let nodes = shape.nodes;
     let seconds: u64 = std::env::var("WEFT_CHAOS_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -214,15 +241,18 @@ async fn calls_stay_correct_through_kills_stops_partitions_and_restarts() {
                 .as_nanos() as u64
                 | 1
         });
-    println!("chaos: {seconds} s, seed {seed}");
+    println!(
+        "chaos: {nodes} nodes (max-mesh {:?}), {seconds} s, seed {seed}",
+        shape.max_mesh
+    );
     let root = tempfile::tempdir().unwrap();
     let cache = root.path().join("cache");
-    let ports = free_ports(NODES);
+    let ports = free_ports(nodes);
     let mut members: Vec<Member> = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let home = root.path().join(format!("c{i}"));
         std::fs::create_dir_all(home.join("plugins")).unwrap();
-        let plugin = if i < NODES / 2 { "math" } else { "text" };
+        let plugin = if i < nodes / 2 { "math" } else { "text" };
         std::fs::copy(plugin_file(plugin), home.join("plugins").join(format!("{plugin}.wasm"))).unwrap();
         members.push(Member {
             name: format!("c{i}"),
@@ -234,10 +264,10 @@ async fn calls_stay_correct_through_kills_stops_partitions_and_restarts() {
     }
     let seed_of = |i: usize| if i == 0 { ports[1] } else { ports[0] };
     for (i, member) in members.iter_mut().enumerate() {
-        member.process = Some(spawn(member, seed_of(i), &cache).await);
+        member.process = Some(spawn(member, seed_of(i), &cache, shape).await);
     }
     assert!(
-        eventually(Duration::from_secs(30), || converged(&members)).await,
+        eventually(Duration::from_secs(30), || converged(&members, shape)).await,
         "the fabric forms"
     );
     let fds_at_start: Vec<usize> = members
@@ -263,14 +293,14 @@ async fn calls_stay_correct_through_kills_stops_partitions_and_restarts() {
     let until = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(500 + rng.below(1500) as u64)).await;
-        let i = rng.below(NODES);
+        let i = rng.below(nodes);
         match rng.below(4) {
             0 => {
                 *faults.entry("kill -9, restart 2 s later").or_default() += 1;
                 urls.lock().unwrap()[i] = None;
                 members[i].process = None; // killed (SIGKILL) when dropped
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                let process = spawn(&members[i], seed_of(i), &cache).await;
+                let process = spawn(&members[i], seed_of(i), &cache, shape).await;
                 urls.lock().unwrap()[i] = Some(process.url().to_string());
                 members[i].process = Some(process);
                 members[i].restarted = true;
@@ -284,14 +314,14 @@ async fn calls_stay_correct_through_kills_stops_partitions_and_restarts() {
             }
             2 => {
                 *faults.entry("partition in two, healed 2-4 s later").or_default() += 1;
-                let cut = 1 + rng.below(NODES - 1);
-                let mut order: Vec<usize> = (0..NODES).collect();
-                for k in (1..NODES).rev() {
+                let cut = 1 + rng.below(nodes - 1);
+                let mut order: Vec<usize> = (0..nodes).collect();
+                for k in (1..nodes).rev() {
                     order.swap(k, rng.below(k + 1));
                 }
                 let side = |n: usize| order.iter().position(|o| *o == n).unwrap() < cut;
                 for (n, member) in members.iter().enumerate() {
-                    let others: Vec<String> = (0..NODES)
+                    let others: Vec<String> = (0..nodes)
                         .filter(|o| side(*o) != side(n))
                         .map(|o| members[o].name.clone())
                         .collect();
@@ -321,7 +351,7 @@ async fn calls_stay_correct_through_kills_stops_partitions_and_restarts() {
                     .unwrap()
                     .unwrap();
                 graceful_exits.push(status.success());
-                let process = spawn(&members[i], seed_of(i), &cache).await;
+                let process = spawn(&members[i], seed_of(i), &cache, shape).await;
                 urls.lock().unwrap()[i] = Some(process.url().to_string());
                 members[i].process = Some(process);
                 members[i].restarted = true;
@@ -330,7 +360,7 @@ async fn calls_stay_correct_through_kills_stops_partitions_and_restarts() {
     }
     // The faults stop: the fabric converges by itself, under the same load.
     let calm = Instant::now();
-    let converged_in = eventually(Duration::from_secs(60), || converged(&members)).await;
+    let converged_in = eventually(Duration::from_secs(60), || converged(&members, shape)).await;
     let convergence = calm.elapsed();
     stop.store(true, Ordering::Relaxed);
     for worker in workers {

@@ -16,7 +16,10 @@ const MAX_NODES: usize = 300;
 /// Seeds that failed once (drawn between `MIN_NODES` and `MAX_NODES`), and what they found.
 const REGRESSIONS: &[(u64, &str)] = &[
     (4, "a joiner refused for lack of room learned nothing: an island of one"),
-    (5, "a full node declared a suspect it could reach dead without dialing it"),
+    (
+        5,
+        "a full node declared a suspect it could reach dead without dialing it",
+    ),
 ];
 
 fn env(name: &str) -> Option<u64> {
@@ -39,7 +42,13 @@ fn random_scenarios_converge_and_keep_their_properties() {
     let failures: Vec<String> = results
         .iter()
         .filter(|(_, o)| !o.failures.is_empty())
-        .map(|(s, o)| format!("{s}\n    {}\n    replay: weft sim --seed {} --trace", o.failures.join("\n    "), s.seed))
+        .map(|(s, o)| {
+            format!(
+                "{s}\n    {}\n    replay: weft sim --seed {} --trace",
+                o.failures.join("\n    "),
+                s.seed
+            )
+        })
         .collect();
     let slowest = results
         .iter()
@@ -50,7 +59,12 @@ fn random_scenarios_converge_and_keep_their_properties() {
         results.len(),
         started.elapsed().as_secs_f64()
     );
-    assert!(failures.is_empty(), "{} of {count} scenarios failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {count} scenarios failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -75,12 +89,72 @@ fn the_same_seed_gives_the_same_run() {
         .expect("a seed draws a partition");
     let first = scenario.run(&Bounds::default(), true);
     let second = scenario.run(&Bounds::default(), true);
-    assert!(first.trace.len() > 1000, "the trace records the run ({} lines)", first.trace.len());
+    assert!(
+        first.trace.len() > 1000,
+        "the trace records the run ({} lines)",
+        first.trace.len()
+    );
     assert_eq!(first.steps, second.steps, "{scenario}");
     let diverged = first.trace.iter().zip(&second.trace).position(|(a, b)| a != b);
     assert_eq!(diverged, None, "{scenario}: the traces differ from line {diverged:?}");
     assert_eq!(first.trace.len(), second.trace.len());
     // Another seed gives another run.
-    let other = Scenario { seed: scenario.seed + 1000, ..scenario.clone() };
+    let other = Scenario {
+        seed: scenario.seed + 1000,
+        ..scenario.clone()
+    };
     assert_ne!(other.run(&Bounds::default(), true).trace, first.trace);
+}
+
+/// The fabric's state machine reads no clock, draws no randomness of its own, touches no
+/// runtime and iterates no map in a random order: the simulator and the node run the same
+/// code, and a seed replays exactly.
+#[test]
+fn the_state_machine_is_free_of_io_clocks_and_hidden_randomness() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/fabric");
+    let machine = [
+        "state.rs",
+        "gossip.rs",
+        "tree.rs",
+        "route.rs",
+        "health.rs",
+        "federation.rs",
+        "wire.rs",
+        "sim/mod.rs",
+        "sim/scenario.rs",
+    ];
+    let forbidden = [
+        "tokio",
+        "Instant::now",
+        "SystemTime",
+        "getrandom",
+        "thread_rng",
+        "auth::nonce",
+        "HashMap",
+        "HashSet",
+        "std::thread::sleep",
+    ];
+    let mut found = Vec::new();
+    for file in machine {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        // Unit tests may use the clock (they build states at `Instant::now()`).
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for (n, line) in code.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            // The sweep runs scenarios on threads, each scenario in one; virtual time counts
+            // from one real instant, and only durations since it are ever used.
+            let allowed = (file == "sim/scenario.rs" && line.contains("std::thread::scope"))
+                || (file == "sim/mod.rs" && line.trim() == "base: Instant::now(),");
+            for word in forbidden.iter().filter(|w| line.contains(*w) && !allowed) {
+                found.push(format!("src/fabric/{file}:{}: `{word}`: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "the state machine must stay deterministic:\n{}",
+        found.join("\n")
+    );
 }

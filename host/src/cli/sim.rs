@@ -57,7 +57,11 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
             results.len(),
             started.elapsed().as_secs_f64()
         );
-        return Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        return Ok(if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
     let mut failed = 0;
     for k in 0..args.scenarios {
@@ -118,5 +122,9 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
             println!("  FAILED:\n  {}", outcome.failures.join("\n  "));
         }
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

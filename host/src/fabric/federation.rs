@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
 
-
 use super::state::{Admitted, LinkHandle, LinkStats, Route, State};
 use super::wire::{CatalogEntry, PeerMessage, RouteAd};
 use crate::plugins::Selector;

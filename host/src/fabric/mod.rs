@@ -26,9 +26,9 @@ pub mod identity;
 mod link;
 pub mod modules;
 mod route;
+pub mod sim;
 mod state;
 mod tree;
-pub mod sim;
 pub mod wire;
 
 use std::collections::HashMap;

@@ -665,8 +665,7 @@ impl State {
         let joining = !self.records.contains_key(node);
         self.links.contains_key(node)
             || self.links.len() < cap
-            || (self.links.len() < cap + 2
-                && (healing || joining || self.ring_neighbours().iter().any(|n| n == node)))
+            || (self.links.len() < cap + 2 && (healing || joining || self.ring_neighbours().iter().any(|n| n == node)))
     }
 
     /// Links this node accepts at most.
@@ -1230,7 +1229,11 @@ impl State {
             .filter(|(node, m)| m.status == Status::Suspect && !self.links.contains_key(*node))
             .map(|(_, m)| m.url.as_str())
             .collect();
-        let urgent: BTreeSet<String> = seeds.iter().cloned().chain(suspects.into_iter().map(str::to_string)).collect();
+        let urgent: BTreeSet<String> = seeds
+            .iter()
+            .cloned()
+            .chain(suspects.into_iter().map(str::to_string))
+            .collect();
         for url in seeds.iter().chain(&wanted) {
             let url = url.clone();
             if url == self.my_url || self.dialing.contains(&url) || plan.dials.contains(&url) {
@@ -1867,7 +1870,9 @@ pub(crate) mod tests {
     fn a_death_claimed_of_a_linked_node_is_answered_with_its_newer_record() {
         let mut state = fresh("a");
         let x = NodeKey::generate();
-        state.add_link(1, "x", "ws://x", x.public(), "a", 32).expect("not cut off");
+        state
+            .add_link(1, "x", "ws://x", x.public(), "a", 32)
+            .expect("not cut off");
         state.accept_record(&record(&x, "x", 1, 10), "x");
         let death = death_of_x(9);
         // In a peer's list: the record is sent back, and the node is not asked to refute.

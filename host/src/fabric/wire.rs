@@ -337,7 +337,8 @@ mod tests {
         let key = NodeKey::generate();
         let record = NodeRecord::signed(body("a", &key), &key).unwrap();
         assert!(record.verify());
-        let decoded = match decode(&encode(&PeerMessage::Record(std::sync::Arc::new(record.clone()))).unwrap()).unwrap() {
+        let decoded = match decode(&encode(&PeerMessage::Record(std::sync::Arc::new(record.clone()))).unwrap()).unwrap()
+        {
             PeerMessage::Record(r) => r,
             other => panic!("{other:?}"),
         };

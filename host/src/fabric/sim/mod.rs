@@ -100,22 +100,52 @@ enum Event {
     Start(usize),
     Tick(usize),
     /// A dialer's `Hello` reaches the listener.
-    Hello { from: usize, to: usize, url: String },
+    Hello {
+        from: usize,
+        to: usize,
+        url: String,
+    },
     /// The listener's answer reaches the dialer: `Some(conn)` (the listener's side) when it
     /// welcomed the dial.
-    Welcome { from: usize, to: usize, url: String, accepted: bool },
+    Welcome {
+        from: usize,
+        to: usize,
+        url: String,
+        accepted: bool,
+    },
     /// The dialer's `Proof` reaches the listener, which registers connection `conn`.
-    Proof { to: usize, from: usize, conn: u64, dialer_conn: u64 },
+    Proof {
+        to: usize,
+        from: usize,
+        conn: u64,
+        dialer_conn: u64,
+    },
     /// A dial failed at the dialer (`unreachable`: not a refusal for lack of room).
-    DialFailed { node: usize, url: String, unreachable: bool },
+    DialFailed {
+        node: usize,
+        url: String,
+        unreachable: bool,
+    },
     /// A frame arrives on connection `conn` (the receiver's side).
-    Deliver { conn: u64, message: PeerMessage },
+    Deliver {
+        conn: u64,
+        message: PeerMessage,
+    },
     /// The peer closed connection `conn` (the receiver's side).
-    Closed { conn: u64 },
+    Closed {
+        conn: u64,
+    },
     /// A retired connection (`conn`, its owner's side) is quiet and closes.
-    CloseRetired { conn: u64 },
+    CloseRetired {
+        conn: u64,
+    },
     /// A call through the fabric from `node` to `target` ended.
-    Reached { node: usize, target: String, answered: bool, probe: bool },
+    Reached {
+        node: usize,
+        target: String,
+        answered: bool,
+        probe: bool,
+    },
     /// A scripted fault.
     Fault(Fault),
 }
@@ -125,7 +155,10 @@ enum Event {
 pub enum Fault {
     /// Splits the nodes into groups (`group[i]`); `one_way`: only frames from a lower group to
     /// a higher one are lost.
-    Partition { groups: Vec<u32>, one_way: bool },
+    Partition {
+        groups: Vec<u32>,
+        one_way: bool,
+    },
     Heal,
     Pause(usize),
     Resume(usize),
@@ -267,6 +300,8 @@ impl World {
         let urls = nodes.iter().enumerate().map(|(i, n)| (n.url.clone(), i)).collect();
         let mut world = World {
             rng,
+            // Virtual time counts from here; only durations since it are ever used, so runs
+            // do not depend on it.
             base: Instant::now(),
             now: Duration::ZERO,
             seq: 0,
@@ -289,7 +324,11 @@ impl World {
             verified: Arc::new(Mutex::new(BTreeSet::new())),
         };
         for (i, list) in seeds.iter().enumerate().take(n) {
-            let urls: Vec<String> = list.iter().filter_map(|s| world.nodes.get(*s)).map(|n| n.url.clone()).collect();
+            let urls: Vec<String> = list
+                .iter()
+                .filter_map(|s| world.nodes.get(*s))
+                .map(|n| n.url.clone())
+                .collect();
             if let Some(node) = world.nodes.get_mut(i) {
                 node.config.seeds = urls;
             }
@@ -514,7 +553,9 @@ impl World {
         let mut silent = Vec::new();
         let ids: Vec<u64> = self.nodes[i].conns.iter().copied().collect();
         for id in ids {
-            let Some(conn) = self.conns.get(&id).filter(|c| c.open) else { continue };
+            let Some(conn) = self.conns.get(&id).filter(|c| c.open) else {
+                continue;
+            };
             let peer = conn.peer;
             if self.runs(peer) && self.carries(peer, i) {
                 if let Some(conn) = self.conns.get_mut(&id) {
@@ -828,7 +869,9 @@ impl World {
     }
 
     fn index_of(&self, id: &str) -> Option<usize> {
-        id.strip_prefix('n').and_then(|n| n.parse().ok()).filter(|i| *i < self.nodes.len())
+        id.strip_prefix('n')
+            .and_then(|n| n.parse().ok())
+            .filter(|i| *i < self.nodes.len())
     }
 
     /// Whether open links that carry frames both ways connect `a` to `b`.
@@ -1052,7 +1095,11 @@ fn message_kind(message: &PeerMessage) -> String {
         PeerMessage::Record(r) => format!("record {}@{}", r.body.node, r.body.version),
         PeerMessage::Digest { .. } => "digest".into(),
         PeerMessage::Versions { alive, dead, opening } => {
-            format!("versions ({} alive, {} dead, opening {opening})", alive.len(), dead.len())
+            format!(
+                "versions ({} alive, {} dead, opening {opening})",
+                alive.len(),
+                dead.len()
+            )
         }
         PeerMessage::Want { nodes } => format!("want {}", nodes.len()),
         PeerMessage::Have { records } => format!("have {}", records.len()),

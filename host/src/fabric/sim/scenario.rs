@@ -39,7 +39,10 @@ pub enum Start {
 pub enum Faults {
     None,
     /// The fabric splits in two (one-way: frames cross in one direction only), then heals.
-    Partition { one_way: bool, lasting: Duration },
+    Partition {
+        one_way: bool,
+        lasting: Duration,
+    },
     /// A few nodes stop and continue.
     Pauses,
     /// A few nodes crash; some restart.
