@@ -20,6 +20,8 @@ const REGRESSIONS: &[(u64, &str)] = &[
         5,
         "a full node declared a suspect it could reach dead without dialing it",
     ),
+    (1038, "a node whose seed had no room redialed it every second for ever"),
+    (1041, "the same at 266 nodes, re-signing records at every redial"),
 ];
 
 fn env(name: &str) -> Option<u64> {

@@ -5,6 +5,9 @@
 //! view. For each N: discovery (N nodes seeded as a chain → every node knows every other), propagation
 //! (a plugin dropped on node 0 → listed by every node's catalog), failure detection for SIGKILL
 //! and SIGSTOP (→ every other node marks it dead), graceful leave, and RSS per node.
+//!
+//! `--one-by-one`: the nodes start one after another (each once the one before it serves), as
+//! an operator brings up a fabric; discovery is then timed from the first start.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,6 +28,7 @@ struct Node {
 async fn main() -> anyhow::Result<()> {
     let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![10, 30] } else { sizes };
+    let one_by_one = std::env::args().any(|a| a == "--one-by-one");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
@@ -36,12 +40,12 @@ async fn main() -> anyhow::Result<()> {
         math.display()
     );
     for n in sizes {
-        run(n, &math).await?;
+        run(n, &math, one_by_one).await?;
     }
     Ok(())
 }
 
-async fn run(n: usize, math: &Path) -> anyhow::Result<()> {
+async fn run(n: usize, math: &Path, one_by_one: bool) -> anyhow::Result<()> {
     let cache = tempfile::tempdir()?;
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_weft"));
     // Every node starts at once, each seeded by the one before it (a chain): the ports are
@@ -79,10 +83,18 @@ async fn run(n: usize, math: &Path) -> anyhow::Result<()> {
         dirs.push((dir, data));
     }
     let started = Instant::now();
-    let processes = futures_util::future::join_all(spawns)
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    let processes = if one_by_one {
+        let mut processes = Vec::new();
+        for spawn in spawns {
+            processes.push(spawn.await?);
+        }
+        processes
+    } else {
+        futures_util::future::join_all(spawns)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+    };
     // Every process has printed its URL.
     let all_up = started.elapsed();
     // The clients connect all at once: one after another, on a machine this busy, they took
@@ -112,7 +124,8 @@ async fn run(n: usize, math: &Path) -> anyhow::Result<()> {
             .map_or(0, |p| p.iter().filter(|p| p["linked"] == true).count());
     }
     println!(
-        "N={n}: discovery (all started at once, seeded as a chain → every node knows every node) {:.0} ms from the start ({:.0} ms after the last node was up); {:.1} links per node",
+        "N={n}: discovery ({}, seeded as a chain → every node knows every node) {:.0} ms from the first start ({:.0} ms after the last node was up); {:.1} links per node",
+        if one_by_one { "started one after another" } else { "all started at once" },
         ms(discovery),
         ms(discovery - all_up),
         links as f64 / n as f64

@@ -1975,4 +1975,111 @@ pub(crate) mod tests {
         assert_eq!(state.links.get("b").map(|l| l.id), Some(kept.id));
         assert_eq!(status(&state, "b"), Some(Status::Alive));
     }
+
+    #[test]
+    fn the_summary_hashes_every_version_held_in_order_of_node() {
+        let mut state = fresh("m");
+        for (node, version) in [("a", 3), ("z", 9), ("q", 4)] {
+            state.accept_record(&record(&NodeKey::generate(), node, 1, version), "a");
+        }
+        let mut expected = 0xcbf2_9ce4_8422_2325u64;
+        for (node, version) in state.alive_versions() {
+            for byte in node.bytes().chain([0]).chain(version.to_le_bytes()) {
+                expected ^= u64::from(byte);
+                expected = expected.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        assert_eq!(state.summary(), expected);
+        // A new version changes it (the cached summary is dropped).
+        state.accept_record(&record(&NodeKey::generate(), "b", 1, 1), "a");
+        assert_ne!(state.summary(), expected);
+    }
+
+    #[test]
+    fn a_node_with_no_room_tells_a_dialer_what_it_knows_before_the_connection_retires() {
+        let mut state = fresh("a");
+        // A full view: 2 × max_mesh links in a fabric larger than the mesh.
+        let max_mesh = 4;
+        for i in 0..12 {
+            let node = format!("m{i:02}");
+            state.accept_record(&record(&NodeKey::generate(), &node, 1, 1), "m00");
+        }
+        for i in 0..8 {
+            let node = format!("m{i:02}");
+            let key = state.keys[&node];
+            state.add_link(i, &node, &format!("ws://{node}"), key, &node, max_mesh);
+        }
+        state.take_outputs();
+        // A member it knows, not a ring neighbour (the cap has room for those and joiners).
+        let known = (8..12)
+            .map(|i| format!("m{i:02}"))
+            .find(|n| !state.ring_neighbours().contains(n))
+            .expect("a member off the ring");
+        assert!(!state.accepts_link(&known, max_mesh), "the view is full");
+        let key = state.keys[&known];
+        let admitted = state.add_link(50, &known, &format!("ws://{known}"), key, &known, max_mesh);
+        assert!(admitted.is_some_and(|a| !a.current), "admitted, retired");
+        let messages = sent(&mut state);
+        assert!(
+            matches!(messages.as_slice(), [(50, PeerMessage::Record(_)), (50, PeerMessage::Versions { alive, opening: true, .. })] if alive.len() == 13),
+            "its record and every version held, on that connection: {messages:?}"
+        );
+        // A node it holds no record of (joining) gets a link past the cap.
+        assert!(state.accepts_link("newcomer", max_mesh));
+    }
+
+    #[test]
+    fn a_seed_reached_is_joined_even_when_no_link_stays() {
+        let mut state = fresh("a");
+        let full: Vec<String> = (0..70).map(|i| format!("m{i:02}")).collect();
+        for node in &full {
+            state.accept_record(&record(&NodeKey::generate(), node, 1, 1), "m00");
+        }
+        for (i, node) in full.iter().take(16).enumerate() {
+            let key = state.keys[node];
+            state.add_link(i as u64, node, &format!("ws://{node}"), key, node, 8);
+        }
+        // The seed: a member this node knows (not a joiner), off its ring.
+        let seed = ["s", "t", "u", "v"]
+            .into_iter()
+            .find(|s| {
+                state.accept_record(&record(&NodeKey::generate(), s, 1, 1), "m00");
+                !state.ring_neighbours().contains(&s.to_string())
+            })
+            .expect("a member off the ring");
+        let url = format!("ws://{seed}");
+        state.seeds = vec![url.clone()];
+        let key = state.keys[seed];
+        let admitted = state.add_link(99, seed, &url, key, "a", 8).expect("not cut off");
+        assert!(!admitted.current, "no room for the seed's link");
+        state.remove_link(seed, 99, false);
+        assert!(
+            !state.unlinked_seeds().contains(&url),
+            "a seed reached is not dialed again while the node has links"
+        );
+    }
+
+    #[test]
+    fn a_suspect_is_dialed_even_when_the_view_is_full() {
+        let mut config = config("a");
+        config.max_mesh = 8;
+        let mut state = State::new(&config, Instant::now(), 1, 7);
+        let members: Vec<String> = (0..40).map(|i| format!("m{i:02}")).collect();
+        for node in &members {
+            state.accept_record(&record(&NodeKey::generate(), node, 1, 1), "m00");
+        }
+        for (i, node) in members.iter().take(config.max_mesh).enumerate() {
+            let key = state.keys[node];
+            state.add_link(i as u64, node, &format!("ws://{node}"), key, node, config.max_mesh);
+        }
+        let suspect = members.last().cloned().expect("members");
+        state.unreached(&suspect);
+        assert_eq!(status(&state, &suspect), Some(Status::Suspect));
+        let plan = state.plan_maintenance(&config);
+        assert!(
+            plan.dials.contains(&format!("ws://{suspect}")),
+            "the suspect is dialed: {:?}",
+            plan.dials
+        );
+    }
 }
