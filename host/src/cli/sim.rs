@@ -30,6 +30,9 @@ pub struct SimArgs {
     /// Override the drawn faults: none, partition, pauses, crashes, lossy.
     #[arg(long)]
     faults: Option<String>,
+    /// Override the drawn network: local (50–300 µs one way) or wide (1–40 ms).
+    #[arg(long)]
+    network: Option<String>,
     /// Override the drawn `--max-mesh`.
     #[arg(long)]
     max_mesh: Option<usize>,
@@ -40,7 +43,11 @@ pub struct SimArgs {
 
 pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     let (min, max) = args.nodes.map_or((args.min_nodes, args.max_nodes), |n| (n, n));
-    let overridden = args.graph.is_some() || args.start.is_some() || args.faults.is_some() || args.max_mesh.is_some();
+    let overridden = args.graph.is_some()
+        || args.start.is_some()
+        || args.faults.is_some()
+        || args.max_mesh.is_some()
+        || args.network.is_some();
     if args.scenarios > 1 && !args.trace && !overridden {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let started = std::time::Instant::now();
@@ -97,6 +104,15 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
             };
             scenario.network.loss = if scenario.faults == Faults::Lossy { 0.05 } else { 0.0 };
         }
+        if let Some(network) = &args.network {
+            let loss = scenario.network.loss;
+            scenario.network = match network.as_str() {
+                "local" => weft::fabric::sim::Network::default(),
+                "wide" => weft::fabric::sim::Network::wide(),
+                other => anyhow::bail!("--network {other}: local or wide"),
+            };
+            scenario.network.loss = loss;
+        }
         if let Some(max_mesh) = args.max_mesh {
             scenario.max_mesh = max_mesh;
         }
@@ -107,7 +123,8 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         }
         println!("{scenario}");
         println!(
-            "  converged after {:?}, a new command on every node after {:?}; steady state per node: {:.1} frames/s, {:.0} bytes/s, {:.1} signature checks/s; {:.0} records held per node; {} events in {:.2} s",
+            "  discovery (first start → every node knows every other) {:?}; converged after the last start or fault {:?}, a new command on every node after {:?}; steady state per node: {:.1} frames/s, {:.0} bytes/s, {:.1} signature checks/s; {:.0} records held per node; {} events in {:.2} s",
+            outcome.discovered_after,
             outcome.converged_after,
             outcome.propagated_after,
             outcome.frames_per_node_s,

@@ -39,6 +39,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// How long a dial waits for a handshake (as `link::HANDSHAKE_TIMEOUT`).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// When an unanswered TCP SYN is sent again (Linux: 1 s, then 3 s, past the handshake timeout).
+const SYN_RETRY: Duration = Duration::from_secs(1);
+
 /// A deterministic random generator (xorshift64*).
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -99,6 +102,10 @@ struct Conn {
 enum Event {
     Start(usize),
     Tick(usize),
+    /// The maintenance runs now, between ticks.
+    Wake(usize),
+    /// A dial's connection attempt (again, when its SYN went unanswered).
+    Connect { from: usize, to: usize, url: String, since: Duration },
     /// A dialer's `Hello` reaches the listener.
     Hello {
         from: usize,
@@ -194,6 +201,8 @@ pub struct Node {
     pub impaired: bool,
     /// Its side of its connections.
     conns: BTreeSet<u64>,
+    /// A `Wake` is scheduled.
+    wake_pending: bool,
 }
 
 /// How the simulated network behaves.
@@ -212,6 +221,17 @@ impl Default for Network {
         Network {
             delay: (Duration::from_micros(50), Duration::from_micros(300)),
             jitter: Duration::from_micros(100),
+            loss: 0.0,
+        }
+    }
+}
+
+impl Network {
+    /// Machines far apart: 1–40 ms one way, 5 ms of jitter.
+    pub fn wide() -> Self {
+        Network {
+            delay: (Duration::from_millis(1), Duration::from_millis(40)),
+            jitter: Duration::from_millis(5),
             loss: 0.0,
         }
     }
@@ -294,6 +314,7 @@ impl World {
                     entries: Vec::new(),
                     impaired: false,
                     conns: BTreeSet::new(),
+                    wake_pending: false,
                 }
             })
             .collect();
@@ -422,7 +443,8 @@ impl World {
     fn handle(&mut self, event: Event) {
         // A stopped node handles nothing until it continues.
         let target = match &event {
-            Event::Tick(i) | Event::DialFailed { node: i, .. } | Event::Reached { node: i, .. } => Some(*i),
+            Event::Tick(i) | Event::Wake(i) | Event::DialFailed { node: i, .. } | Event::Reached { node: i, .. } => Some(*i),
+            Event::Connect { from, .. } => Some(*from),
             Event::Hello { to, .. } | Event::Proof { to, .. } => Some(*to),
             Event::Welcome { from, .. } => Some(*from),
             Event::Deliver { conn, .. } | Event::Closed { conn } | Event::CloseRetired { conn } => {
@@ -442,6 +464,11 @@ impl World {
         match event {
             Event::Start(i) => self.start(i),
             Event::Tick(i) => self.tick(i),
+            Event::Wake(i) => {
+                self.nodes[i].wake_pending = false;
+                self.maintain(i);
+            }
+            Event::Connect { from, to, url, since } => self.connect(from, to, url, since),
             Event::Hello { from, to, url } => self.hello(from, to, url),
             Event::Welcome {
                 from,
@@ -486,9 +513,15 @@ impl World {
         state.set_now(now);
         let result = f(state);
         let outputs = state.take_outputs();
-        state.wake = false;
+        let wake = std::mem::take(&mut state.wake);
         state.federation_dirty = false;
         state.records_dirty = false;
+        // A new member to dial: the maintenance runs now, as `Fabric::maintain` wakes.
+        if wake && !self.nodes[i].wake_pending {
+            self.nodes[i].wake_pending = true;
+            let now = self.now;
+            self.at(now, Event::Wake(i));
+        }
         for output in outputs {
             match output {
                 Output::Send { link, message } => self.send(link, message),
@@ -506,6 +539,7 @@ impl World {
         state.verifier = Verifier::sharing(self.verified.clone());
         node.state = Some(state);
         node.paused = false;
+        node.wake_pending = false;
         node.next_digest = self.now + self.timing.anti_entropy;
         let entries = node.entries.clone();
         self.note(|| format!("n{i:03} starts"));
@@ -514,8 +548,9 @@ impl World {
                 s.broadcast(None, record);
             }
         });
-        let phase = Duration::from_micros(self.rng.below(TICK.as_micros() as u64));
-        self.at(self.now + phase, Event::Tick(i));
+        // The first maintenance runs as the node starts (a tokio interval's first tick).
+        let now = self.now;
+        self.at(now, Event::Tick(i));
     }
 
     fn tick(&mut self, i: usize) {
@@ -525,6 +560,11 @@ impl World {
         }
         self.at(self.now + TICK, Event::Tick(i));
         self.check_links(i);
+        self.maintain(i);
+    }
+
+    /// The maintenance of `Fabric::maintain`: dials, probes, checks, digests.
+    fn maintain(&mut self, i: usize) {
         let config = self.nodes[i].config.clone();
         let Some(plan) = self.input(i, |s| s.plan_maintenance(&config)) else {
             return;
@@ -585,18 +625,29 @@ impl World {
             return;
         };
         self.note(|| format!("n{from:03} dials n{to:03}"));
+        let since = self.now;
+        self.connect(from, to, url, since);
+    }
+
+    /// A connection attempt of a dial that started at `since`. Across a cut the TCP handshake
+    /// gets no answer: its SYN is sent again a second later, and the dial gives up at the
+    /// handshake timeout.
+    fn connect(&mut self, from: usize, to: usize, url: String, since: Duration) {
         let d = self.delay(from, to);
         if !self.carries(from, to) || !self.carries(to, from) {
-            // No answer: the handshake times out.
-            let at = self.now + HANDSHAKE_TIMEOUT;
-            self.at(
-                at,
-                Event::DialFailed {
-                    node: from,
-                    url,
-                    unreachable: true,
-                },
-            );
+            let retry = self.now + SYN_RETRY;
+            if retry < since + HANDSHAKE_TIMEOUT {
+                self.at(retry, Event::Connect { from, to, url, since });
+            } else {
+                self.at(
+                    since + HANDSHAKE_TIMEOUT,
+                    Event::DialFailed {
+                        node: from,
+                        url,
+                        unreachable: true,
+                    },
+                );
+            }
         } else if !self.up(to) {
             // Nothing listens there: refused at once.
             let at = self.now + d * 2;
@@ -1019,6 +1070,17 @@ impl World {
                 state.status_of(&node.id) != Some(Status::Alive) || state.record_version(&node.id) != current
             })
             .collect()
+    }
+
+    /// Whether every live node holds every other alive (what `weft peers` shows; the records
+    /// may lag behind a re-signing).
+    pub fn all_alive(&self) -> bool {
+        let live = self.live();
+        live.iter().all(|i| {
+            let Some(state) = &self.nodes[*i].state else { return true };
+            live.iter()
+                .all(|j| i == j || state.status_of(&self.nodes[*j].id) == Some(Status::Alive))
+        })
     }
 
     /// Whether every live node holds every other alive with its current record.

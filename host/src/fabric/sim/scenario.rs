@@ -89,6 +89,9 @@ impl Default for Bounds {
 /// What a run measured, and the properties it broke.
 #[derive(Debug, Default)]
 pub struct Outcome {
+    /// From the first start to every node holding every other alive (sampled every 10 ms up to
+    /// 300 nodes, 100 ms beyond; `None` when faults began first).
+    pub discovered_after: Option<Duration>,
     /// From the last start, or the heal, to convergence.
     pub converged_after: Option<Duration>,
     /// From a command added on the last node to every node listing it.
@@ -144,19 +147,8 @@ impl Scenario {
             _ => Faults::Lossy,
         };
         let wide = rng.chance(0.2);
-        let network = Network {
-            delay: if wide {
-                (Duration::from_millis(1), Duration::from_millis(40))
-            } else {
-                (Duration::from_micros(50), Duration::from_micros(300))
-            },
-            jitter: if wide {
-                Duration::from_millis(5)
-            } else {
-                Duration::from_micros(100)
-            },
-            loss: if faults == Faults::Lossy { 0.05 } else { 0.0 },
-        };
+        let mut network = if wide { Network::wide() } else { Network::default() };
+        network.loss = if faults == Faults::Lossy { 0.05 } else { 0.0 };
         Scenario {
             seed,
             nodes,
@@ -223,9 +215,14 @@ impl Scenario {
         let sample = Duration::from_millis(100);
         let mut t = Duration::ZERO;
         while t < settled {
-            t += sample;
+            // Discovery is timed to 10 ms where the check is cheap.
+            let timing = out.discovered_after.is_none() && t >= last_start && self.nodes <= 300;
+            t += if timing { Duration::from_millis(10) } else { sample };
             world.run_until(t);
             false_deaths.extend(world.false_deaths());
+            if out.discovered_after.is_none() && t >= last_start && t <= faults_at && world.all_alive() {
+                out.discovered_after = Some(t);
+            }
         }
         // Convergence.
         let deadline = settled + bounds.converge;
