@@ -122,14 +122,17 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
             println!("{line}");
         }
         println!("{scenario}");
+        let steady = outcome.steady.map_or("not measured (faults)".to_string(), |s| {
+            format!(
+                "{:.1} frames/s, {:.0} bytes/s, {:.1} signature checks/s",
+                s.frames, s.bytes, s.signature_checks
+            )
+        });
         println!(
-            "  discovery (first start → every node knows every other) {:?}; converged after the last start or fault {:?}, a new command on every node after {:?}; steady state per node: {:.1} frames/s, {:.0} bytes/s, {:.1} signature checks/s; {:.0} records held per node; {} events in {:.2} s",
+            "  discovery (first start → every node holds every other alive) {:?}; converged after the last start or fault {:?}; a new command on every node after {:?}; steady state per node: {steady}; {:.0} records held per node; {} events in {:.2} s",
             outcome.discovered_after,
             outcome.converged_after,
             outcome.propagated_after,
-            outcome.frames_per_node_s,
-            outcome.bytes_per_node_s,
-            outcome.checks_per_node_s,
             outcome.records_per_node,
             outcome.steps,
             started.elapsed().as_secs_f64()

@@ -103,6 +103,9 @@ pub struct Member {
 
 /// What the state machine asks its driver to do. The machine owns no connection: it names
 /// them by the ids the driver gave them.
+// A message is moved into its output once and out once: boxing it would cost an allocation per
+// frame.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Output {
     /// Queue `message` on connection `link`.
@@ -427,6 +430,19 @@ impl State {
             }
         };
         entries.iter().any(|e| e.command == command)
+    }
+
+    /// The members held dead or gone.
+    pub fn held_dead(&self) -> impl Iterator<Item = &str> {
+        self.members
+            .iter()
+            .filter(|(_, m)| matches!(m.status, Status::Dead | Status::Left))
+            .map(|(node, _)| node.as_str())
+    }
+
+    /// How many members are held alive.
+    pub fn alive_count(&self) -> usize {
+        self.members.values().filter(|m| m.status == Status::Alive).count()
     }
 
     /// The peers this node keeps links to.

@@ -55,7 +55,7 @@ impl Rng {
         Rng((z ^ (z >> 31)) | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -67,7 +67,7 @@ impl Rng {
         if n == 0 {
             0
         } else {
-            self.next() % n
+            self.next_u64() % n
         }
     }
 
@@ -78,7 +78,7 @@ impl Rng {
 
     /// True with probability `p`.
     pub fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p && p > 0.0
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p && p > 0.0
     }
 }
 
@@ -98,6 +98,8 @@ struct Conn {
 }
 
 /// What happens at a moment of virtual time.
+// A frame is moved into its event once and out once: boxing it would cost an allocation per frame.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Event {
     Start(usize),
@@ -105,7 +107,12 @@ enum Event {
     /// The maintenance runs now, between ticks.
     Wake(usize),
     /// A dial's connection attempt (again, when its SYN went unanswered).
-    Connect { from: usize, to: usize, url: String, since: Duration },
+    Connect {
+        from: usize,
+        to: usize,
+        url: String,
+        since: Duration,
+    },
     /// A dialer's `Hello` reaches the listener.
     Hello {
         from: usize,
@@ -155,6 +162,34 @@ enum Event {
     },
     /// A scripted fault.
     Fault(Fault),
+}
+
+/// An event at its time; among events at the same time, the one scheduled first comes first.
+#[derive(Debug)]
+struct Scheduled {
+    at: Duration,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Scheduled {}
+
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
 }
 
 /// A fault a scenario scripts.
@@ -243,8 +278,8 @@ pub struct World {
     base: Instant,
     pub now: Duration,
     seq: u64,
-    queue: BinaryHeap<Reverse<(Duration, u64)>>,
-    events: BTreeMap<u64, Event>,
+    /// Events by time, then by the order they were scheduled in.
+    queue: BinaryHeap<Reverse<Scheduled>>,
     pub nodes: Vec<Node>,
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
@@ -278,7 +313,7 @@ impl World {
                 let url = format!("ws://10.0.{}.{}:6000", i / 250, i % 250 + 1);
                 let mut key_seed = [0u8; 32];
                 for chunk in key_seed.chunks_mut(8) {
-                    chunk.copy_from_slice(&rng.next().to_le_bytes());
+                    chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
                 }
                 let key = NodeKey::from_seed(key_seed);
                 let config = FabricConfig {
@@ -327,7 +362,6 @@ impl World {
             now: Duration::ZERO,
             seq: 0,
             queue: BinaryHeap::new(),
-            events: BTreeMap::new(),
             nodes,
             conns: BTreeMap::new(),
             next_conn: 1,
@@ -377,8 +411,11 @@ impl World {
     /// Schedules `event` at `at` (virtual time).
     fn at(&mut self, at: Duration, event: Event) {
         self.seq += 1;
-        self.queue.push(Reverse((at, self.seq)));
-        self.events.insert(self.seq, event);
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            event,
+        }));
     }
 
     /// Schedules a scripted fault.
@@ -393,13 +430,9 @@ impl World {
 
     /// Runs every event up to `until`.
     pub fn run_until(&mut self, until: Duration) {
-        while let Some(Reverse((at, seq))) = self.queue.peek().copied() {
-            if at > until {
+        while self.queue.peek().is_some_and(|Reverse(next)| next.at <= until) {
+            let Some(Reverse(Scheduled { at, event, .. })) = self.queue.pop() else {
                 break;
-            }
-            self.queue.pop();
-            let Some(event) = self.events.remove(&seq) else {
-                continue;
             };
             self.now = at;
             self.steps += 1;
@@ -443,7 +476,9 @@ impl World {
     fn handle(&mut self, event: Event) {
         // A stopped node handles nothing until it continues.
         let target = match &event {
-            Event::Tick(i) | Event::Wake(i) | Event::DialFailed { node: i, .. } | Event::Reached { node: i, .. } => Some(*i),
+            Event::Tick(i) | Event::Wake(i) | Event::DialFailed { node: i, .. } | Event::Reached { node: i, .. } => {
+                Some(*i)
+            }
             Event::Connect { from, .. } => Some(*from),
             Event::Hello { to, .. } | Event::Proof { to, .. } => Some(*to),
             Event::Welcome { from, .. } => Some(*from),
@@ -533,7 +568,7 @@ impl World {
 
     fn start(&mut self, i: usize) {
         let wall_ms = 1_700_000_000_000 + self.now.as_millis() as u64;
-        let seed = self.rng.next();
+        let seed = self.rng.next_u64();
         let node = &mut self.nodes[i];
         let mut state = State::new(&node.config, self.base + self.now, wall_ms, seed);
         state.verifier = Verifier::sharing(self.verified.clone());
@@ -930,28 +965,24 @@ impl World {
         let mut seen = vec![false; self.nodes.len()];
         let mut queue = VecDeque::from([a]);
         seen[a] = true;
-        let adjacency = self.adjacency();
         while let Some(x) = queue.pop_front() {
             if x == b {
                 return true;
             }
-            for y in adjacency.get(&x).into_iter().flatten() {
-                if !seen[*y] && self.runs(*y) && self.carries(x, *y) && self.carries(*y, x) {
-                    seen[*y] = true;
-                    queue.push_back(*y);
+            let peers = self.nodes[x]
+                .conns
+                .iter()
+                .filter_map(|id| self.conns.get(id))
+                .filter(|c| c.open)
+                .map(|c| c.peer);
+            for y in peers {
+                if !seen[y] && self.runs(y) && self.carries(x, y) && self.carries(y, x) {
+                    seen[y] = true;
+                    queue.push_back(y);
                 }
             }
         }
         false
-    }
-
-    /// Open connections, as node → peers.
-    fn adjacency(&self) -> BTreeMap<usize, Vec<usize>> {
-        let mut adjacency: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for conn in self.conns.values().filter(|c| c.open) {
-            adjacency.entry(conn.owner).or_default().push(conn.peer);
-        }
-        adjacency
     }
 
     fn fault(&mut self, fault: Fault) {
@@ -1076,8 +1107,18 @@ impl World {
     /// may lag behind a re-signing).
     pub fn all_alive(&self) -> bool {
         let live = self.live();
+        // Counts first: a node that holds fewer alive than there are cannot have them all.
+        let others = live.len().saturating_sub(1);
+        if live
+            .iter()
+            .any(|i| self.nodes[*i].state.as_ref().is_some_and(|s| s.alive_count() < others))
+        {
+            return false;
+        }
         live.iter().all(|i| {
-            let Some(state) = &self.nodes[*i].state else { return true };
+            let Some(state) = &self.nodes[*i].state else {
+                return true;
+            };
             live.iter()
                 .all(|j| i == j || state.status_of(&self.nodes[*j].id) == Some(Status::Alive))
         })
@@ -1085,7 +1126,7 @@ impl World {
 
     /// Whether every live node holds every other alive with its current record.
     pub fn converged(&self) -> bool {
-        self.live().into_iter().all(|i| self.missing(i).is_empty())
+        self.all_alive() && self.live().into_iter().all(|i| self.missing(i).is_empty())
     }
 
     /// The live nodes whose record of node `owner` does not list `command` yet.
@@ -1123,11 +1164,8 @@ impl World {
         let mut out = Vec::new();
         for i in self.live() {
             let Some(state) = &self.nodes[i].state else { continue };
-            for j in self.live() {
-                if i == j || self.nodes[j].impaired {
-                    continue;
-                }
-                if matches!(state.status_of(&self.nodes[j].id), Some(Status::Dead | Status::Left)) {
+            for j in state.held_dead().filter_map(|id| self.index_of(id)) {
+                if self.up(j) && !self.nodes[j].impaired {
                     out.push((i, j));
                 }
             }
